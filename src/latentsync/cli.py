@@ -1,0 +1,98 @@
+"""The `latentsync` command. Parses, reports and delegates: no model maths lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from latentsync import __version__
+from latentsync.errors import LatentSyncError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _model_init(args: argparse.Namespace) -> int:
+    from latentsync.models.create import create_model_dir
+
+    t0 = time.perf_counter()
+    spec = create_model_dir(
+        args.config, args.out, seed=args.seed, vae=args.vae, syncnet=args.syncnet, whisper=args.whisper, force=args.force
+    )
+    print(f"wrote model {spec.root} (resolution {spec.resolution}, seed {args.seed}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _model_info(args: argparse.Namespace) -> int:
+    from latentsync.models.modeldir import ModelDir
+
+    model_dir = ModelDir.resolve(args.model)
+    spec = model_dir.spec
+    print(f"model      {model_dir.label} -> {spec.root}")
+    print(f"resolution {spec.resolution}")
+    for label, path in [("unet", spec.unet_weights), ("vae", spec.vae), ("whisper", spec.whisper), ("syncnet", spec.syncnet_weights)]:
+        if path is not None:
+            print(f"{label:<10} {path}")
+    if args.check:
+        from latentsync.pipeline.smoke import smoke_check
+
+        for line in smoke_check(model_dir):
+            print(line)
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from latentsync.models.hub import download_official
+
+    spec = download_official(args.model, args.dir, with_syncnet=args.with_syncnet)
+    print(f"model {args.model} ready in {spec.root}; use it with --model {args.dir or args.model}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latentsync", description="Lip-sync video to speech with LatentSync.")
+    parser.add_argument("--version", action="version", version=f"latentsync {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (load reports, timings)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="create or inspect model folders").add_subparsers(dest="model_command", required=True)
+    init = model.add_parser("init", help="write a freshly initialised model folder (random weights)")
+    init.add_argument("--config", required=True, help="U-Net preset (stage1, stage2, stage2_efficient, stage1_512, stage2_512, small) or yaml")
+    init.add_argument("--out", required=True, type=Path, help="folder to create")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--vae", help="VAE preset (small, sd-vae-ft-mse) or folder with config.json; default fits the U-Net")
+    init.add_argument("--syncnet", help="also write a random SyncNet of this preset or yaml")
+    init.add_argument("--whisper", type=Path, help="OpenAI-format Whisper file (default: converted tiny.en)")
+    init.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    init.set_defaults(handler=_model_init)
+    info = model.add_parser("info", help="show what a --model resolves to")
+    info.add_argument("--model", required=True, help="1.5, 1.6 or a model folder")
+    info.add_argument("--check", action="store_true", help="load every component and run one guided U-Net step")
+    info.set_defaults(handler=_model_info)
+
+    download = sub.add_parser("download", help="fetch official weights from the Hugging Face hub")
+    download.add_argument("--model", required=True, choices=["1.5", "1.6"])
+    download.add_argument("--dir", type=Path, help="target folder (default: where --model 1.5/1.6 looks)")
+    download.add_argument("--with-syncnet", action="store_true", help="also fetch stable_syncnet.pt")
+    download.set_defaults(handler=_download)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except LatentSyncError as exc:
+        print(f"latentsync: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("latentsync: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

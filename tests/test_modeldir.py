@@ -1,0 +1,75 @@
+"""Model folders: init, resolve, load, and the errors a user sees when something is missing."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from latentsync.errors import ConfigError, ModelNotFoundError
+from latentsync.models.checkpoint import read_checkpoint
+from latentsync.models.create import create_model_dir
+from latentsync.models.modeldir import ModelDir, ModelSpec
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory):
+    return create_model_dir("small", tmp_path_factory.mktemp("models") / "small", seed=0, syncnet="small").root
+
+
+def test_init_writes_official_layout_and_resolves(small_dir):
+    spec = ModelDir.resolve(small_dir).spec
+    assert spec.resolution == 128
+    ckpt = read_checkpoint(spec.unet_weights)
+    assert ckpt.global_step == 0 and "conv_in.weight" in ckpt.state_dict
+    raw = torch.load(spec.unet_weights, weights_only=True)
+    assert set(raw) == {"state_dict", "global_step"}  # exactly what upstream training saves
+    assert (spec.vae / "config.json").is_file() and spec.whisper.is_file()
+    assert spec.syncnet_weights is not None and spec.syncnet_weights.is_file()
+    assert ModelSpec.read(small_dir).required_files() == spec.required_files()
+
+
+def test_load_gives_working_components(small_dir):
+    models = ModelDir.resolve(small_dir).load(with_syncnet=True)
+    assert models.syncnet is not None
+    latent = models.resolution // 8
+    sample = torch.randn(1, 13, 16, latent, latent)
+    audio = torch.randn(1, 16, 50, 384)
+    with torch.no_grad():
+        out = models.unet(sample, torch.tensor(500), encoder_hidden_states=audio)
+    assert out.shape == (1, 4, 16, latent, latent)
+
+
+def test_seed_decides_the_weights(small_dir, tmp_path):
+    again = create_model_dir("small", tmp_path / "again", seed=0)
+    other = create_model_dir("small", tmp_path / "other", seed=1)
+    ref = read_checkpoint(ModelSpec.read(small_dir).unet_weights).state_dict
+    same = read_checkpoint(again.unet_weights).state_dict
+    diff = read_checkpoint(other.unet_weights).state_dict
+    key = "down_blocks.0.resnets.0.conv1.weight"
+    assert torch.equal(ref[key], same[key]) and not torch.equal(ref[key], diff[key])
+
+
+def test_init_refuses_to_overwrite_and_leaves_nothing_on_failure(small_dir, tmp_path):
+    with pytest.raises(ConfigError, match="already exists"):
+        create_model_dir("small", small_dir)
+    with pytest.raises(ConfigError):
+        create_model_dir("no-such-preset", tmp_path / "bad")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_file_names_the_file_and_the_fix(small_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(small_dir, broken)
+    (broken / "latentsync_unet.pt").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"latentsync_unet\.pt is missing.*latentsync (model init|download)"):
+        ModelDir.resolve(broken)
+
+
+def test_official_names_point_at_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTSYNC_HOME", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match=r"latentsync download --model 1\.6"):
+        ModelDir.resolve("1.6")
+    with pytest.raises(ModelNotFoundError, match="unknown model 'nonsense'"):
+        ModelDir.resolve("nonsense")
