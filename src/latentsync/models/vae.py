@@ -48,7 +48,8 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
         if not (path / "config.json").is_file() or not any((path / w).is_file() for w in _DIFFUSERS_WEIGHTS):
             raise CheckpointError(f"VAE folder {path} needs config.json and {_DIFFUSERS_WEIGHTS[0]}")
         try:
-            vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
+            # low_cpu_mem_usage needs `accelerate`, which we do not depend on; the VAE is small either way.
+            vae = AutoencoderKL.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False, torch_dtype=dtype)
         except (OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"cannot load VAE from {path}: {str(exc).splitlines()[0]}") from None
     elif path.is_file():
