@@ -20,6 +20,7 @@ from torch import nn
 
 from latentsync.errors import CheckpointError, ConfigError
 from latentsync.models.checkpoint import read_checkpoint
+from latentsync.models.layers import FeedForward
 from latentsync.paths import CONFIG_DIR
 
 SYNCNET_CONFIG_DIR = CONFIG_DIR / "syncnet"
@@ -149,31 +150,6 @@ class SelfAttention(nn.Module):
         return self.to_out[1](self.to_out[0](out))
 
 
-class GEGLU(nn.Module):
-    """Linear to 2x width, split as value | gate, value * gelu(gate) (exact erf gelu)."""
-
-    def __init__(self, dim: int, inner: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(dim, inner * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """GEGLU feed-forward, 4x inner width; `net.0` / `net.2` indices match the checkpoint keys."""
-
-    def __init__(self, dim: int, dropout: float) -> None:
-        super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, 4 * dim), nn.Dropout(dropout), nn.Linear(4 * dim, dim)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.net:
-            x = layer(x)
-        return x
-
-
 class AttentionBlock2D(nn.Module):
     """Spatial transformer over the H*W positions of a feature map, residual around the whole block.
 
@@ -186,7 +162,7 @@ class AttentionBlock2D(nn.Module):
         self.norm1 = nn.GroupNorm(NORM_GROUPS, dim, eps=NORM_EPS)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, dropout)
+        self.ff = FeedForward(dim, dropout=dropout)
         self.conv_in = nn.Conv2d(dim, dim, 1)
         self.conv_out = nn.Conv2d(dim, dim, 1)
         self.attn = SelfAttention(dim, ATTN_HEADS, dropout)

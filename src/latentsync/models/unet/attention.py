@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentsync.models.layers import FeedForward
+
 # Upstream's spatial and temporal transformers normalise with eps 1e-6 in their GroupNorm.
 TRANSFORMER_NORM_EPS = 1e-6
 
@@ -40,30 +42,6 @@ class Attention(nn.Module):
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         """`[N, L, heads*d] -> [N, heads, L, d]` as a view (SDPA accepts the strides)."""
         return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-
-
-class GEGLU(nn.Module):
-    """Gated GELU: one projection to twice the width, split as value | gate, value * gelu(gate) (exact erf)."""
-
-    def __init__(self, dim_in: int, dim_out: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """GEGLU to 4x width, then back: `net.0.proj` (C -> 8C) and `net.2` (4C -> C)."""
-
-    def __init__(self, dim: int, mult: int = 4) -> None:
-        super().__init__()
-        # Index 1 stands where upstream has its dropout (p=0), so the last layer keeps the name `net.2`.
-        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 class BasicTransformerBlock(nn.Module):

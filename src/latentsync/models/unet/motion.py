@@ -12,7 +12,8 @@ import math
 import torch
 from torch import nn
 
-from latentsync.models.unet.attention import TRANSFORMER_NORM_EPS, Attention, FeedForward
+from latentsync.models.layers import FeedForward
+from latentsync.models.unet.attention import TRANSFORMER_NORM_EPS, Attention
 from latentsync.models.unet.config import MOTION_NORM_GROUPS, MotionModuleConfig
 
 
