@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from latentsync import __version__
-from latentsync.errors import LatentSyncError
+from latentsync.errors import ConfigError, LatentSyncError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -52,6 +52,24 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions
+    from latentsync.pipeline.progress import progress_bar
+
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {args.steps}")
+    if args.guidance < 1.0:
+        raise ConfigError(f"--guidance must be at least 1.0 (1.0 = no guidance), got {args.guidance}")
+    options = RunOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, face=args.face, crf=args.crf)
+    pipeline = LipSyncPipeline.from_model(args.model, args.device, args.dtype)
+    with progress_bar("lip-sync", unit="frame", quiet=args.quiet) as progress:
+        report = pipeline.run(args.video, args.audio, args.out, options, progress)
+    print(report.summary())
+    if args.verbose:
+        print(report.stage_table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentsync", description="Lip-sync video to speech with LatentSync.")
     parser.add_argument("--version", action="version", version=f"latentsync {__version__}")
@@ -72,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", required=True, help="1.5, 1.6 or a model folder")
     info.add_argument("--check", action="store_true", help="load every component and run one guided U-Net step")
     info.set_defaults(handler=_model_info)
+
+    run = sub.add_parser("run", help="lip-sync VIDEO to AUDIO and write OUT")
+    run.add_argument("video", type=Path, help="video (any container/codec/fps) or a still image")
+    run.add_argument("audio", type=Path, nargs="?", help="speech (audio or video file); default: VIDEO's own audio")
+    run.add_argument("-o", "--out", required=True, type=Path, help="output .mp4 (written only when the run succeeds)")
+    run.add_argument("--model", default="1.6", help="1.5, 1.6 or a model folder (default 1.6)")
+    run.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    run.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (default 1.5)")
+    run.add_argument("--seed", type=int, default=1247)
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    run.add_argument("--face", default="largest", help="speaker: largest, N (N-th face from the left, 0-based) or x,y")
+    run.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18, visually lossless)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_run)
 
     download = sub.add_parser("download", help="fetch official weights from the Hugging Face hub")
     download.add_argument("--model", required=True, choices=["1.5", "1.6"])

@@ -26,3 +26,11 @@ class AudioError(LatentSyncError):
 
 class DeviceError(LatentSyncError):
     """A requested device or dtype is not available on this machine."""
+
+
+class VideoError(LatentSyncError):
+    """Video input that cannot be used (unreadable, corrupt, no video stream) or output that cannot be written."""
+
+
+class NoFaceError(LatentSyncError):
+    """No usable face in any frame of the video (frames without a face are otherwise passed through)."""

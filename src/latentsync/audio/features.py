@@ -109,22 +109,27 @@ def audio_features(
     return out.to(device=device if device is not None else param.device, dtype=dtype)
 
 
-def frame_windows(features: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+def frame_windows(
+    features: torch.Tensor, num_frames: int | None = None, frames: torch.Tensor | None = None
+) -> torch.Tensor:
     """[T, L, D] features -> [N, 10 * L, D] audio tokens per 25 fps video frame (N = T // 2 + 2 by default).
 
     Frame i takes steps t = 2i-4 .. 2i+5 clamped to [0, T-1]; row r = L * (t - (2i-4)) + layer (time-major),
     as upstream's feature2chunks. The default N reproduces upstream's off-by-two count (its loop runs until
-    2i exceeds T), which also decides how many video frames upstream generates. Pure index gathering.
+    2i exceeds T), which also decides how many video frames upstream generates. `frames` (an index tensor)
+    gathers only those frames' windows, so a streaming caller never holds every window of a long clip.
+    Pure index gathering.
     """
     if features.dim() != 3 or features.shape[0] == 0:
         raise ValueError(f"features must be a non-empty [T, L, D] tensor, got {list(features.shape)}")
     n_steps, n_layers, dim = features.shape
-    n = n_steps // STEPS_PER_VIDEO_FRAME + 2 if num_frames is None else int(num_frames)
+    if frames is None:
+        n = n_steps // STEPS_PER_VIDEO_FRAME + 2 if num_frames is None else int(num_frames)
+        frames = torch.arange(n, device=features.device)
     before, after = CONTEXT_STEPS
-    frame = torch.arange(n, device=features.device)[:, None]
     offset = torch.arange(-before, after + 1, device=features.device)[None, :]
-    steps = (STEPS_PER_VIDEO_FRAME * frame + offset).clamp_(0, n_steps - 1)  # [N, 10]
-    return features[steps].reshape(n, offset.shape[1] * n_layers, dim)
+    steps = (STEPS_PER_VIDEO_FRAME * frames.to(features.device)[:, None] + offset).clamp_(0, n_steps - 1)  # [N, 10]
+    return features[steps].reshape(len(frames), offset.shape[1] * n_layers, dim)
 
 
 class AudioEncoderPipeline:

@@ -53,10 +53,10 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
         except (OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"cannot load VAE from {path}: {str(exc).splitlines()[0]}") from None
     elif path.is_file():
-        vae = _load_single_file(path)
+        vae = _load_single_file(path).to(dtype=dtype)
     else:
         raise CheckpointError(f"VAE not found: {path}")
-    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return vae.to(device=device).eval().requires_grad_(False)
 
 
 def _load_single_file(path: Path) -> AutoencoderKL:

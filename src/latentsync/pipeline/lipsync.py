@@ -1,0 +1,197 @@
+"""`LipSyncPipeline`: video + speech -> lip-synced video, streamed chunk by chunk.
+
+Three stages run concurrently over bounded queues (see `stages.py`):
+  prepare  (thread): decode at 25 fps (ping-pong looped to the audio's length), track the speaker's face, align
+           and crop it; group frames into chunks of 16 face frames (face-less frames ride along untouched)
+  denoise  (caller): the model side (`denoise.py`) on each chunk's crops with that chunk's audio windows
+  finish   (thread): paste each edited crop back with a feathered mask and encode the frame
+Nothing holds more than a few chunks, so memory does not depend on the video's length. The output is encoded
+once and written to a temporary file that is renamed into place only when the run succeeds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
+
+import numpy as np
+import torch
+
+from latentsync.audio.features import audio_features, frame_windows
+from latentsync.audio.load import load_audio
+from latentsync.errors import NoFaceError
+from latentsync.face.align import Aligner
+from latentsync.face.mask import load_mask
+from latentsync.face.track import FaceSelector, FaceTracker, parse_face_selector
+from latentsync.models.modeldir import ModelDir, Models
+from latentsync.models.whisper import SAMPLE_RATE
+from latentsync.pipeline.denoise import ChunkDenoiser, DenoiseSettings
+from latentsync.pipeline.report import Progress, RunReport, StageClock, peak_rss_mb, peak_vram_mb
+from latentsync.pipeline.runtime import resolve_device, resolve_dtype
+from latentsync.pipeline.stages import Sink, prefetch
+from latentsync.video.reader import VideoFrames
+from latentsync.video.writer import VideoWriter, check_writable
+
+FPS = 25
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-run settings; the defaults are upstream's (20 DDIM steps, guidance 1.5, seed 1247)."""
+
+    steps: int = 20
+    guidance: float = 1.5
+    seed: int = 1247
+    face: str = "largest"
+    crf: int = 18
+
+
+@dataclass
+class _Frame:
+    index: int
+    image: np.ndarray
+    affine: np.ndarray | None = None
+    crop: np.ndarray | None = None
+
+
+@dataclass
+class _Chunk:
+    frames: list[_Frame] = field(default_factory=list)
+
+    @property
+    def faces(self) -> list[_Frame]:
+        return [f for f in self.frames if f.crop is not None]
+
+
+class LipSyncPipeline:
+    """Models are loaded once; `run` may be called any number of times (CLI, app, service)."""
+
+    def __init__(self, models: Models) -> None:
+        self.models = models
+        self.mask = load_mask(models.resolution, models.spec.mask)
+
+    @classmethod
+    def from_model(cls, model: str | Path = "1.6", device: str = "auto", dtype: str = "auto") -> "LipSyncPipeline":
+        dev = resolve_device(device)
+        return cls(ModelDir.resolve(model).load(device=dev, dtype=resolve_dtype(dtype, dev)))
+
+    def run(
+        self,
+        video: str | Path,
+        audio: str | Path | None,
+        out: str | Path,
+        options: RunOptions = RunOptions(),
+        progress: Progress | None = None,
+    ) -> RunReport:
+        """Lip-sync `video` to `audio` (default: the video's own soundtrack) and write `out` (an .mp4)."""
+        t_start = time.perf_counter()
+        out = Path(out)
+        check_writable(out)
+        selector = parse_face_selector(options.face)
+        clock = StageClock()
+        audio_src = Path(audio) if audio is not None else Path(video)
+        source = VideoFrames(video)
+
+        with clock("audio"):
+            wav = load_audio(audio_src, SAMPLE_RATE)
+            features = audio_features(wav, self.models.audio_encoder, dtype=self.models.dtype)
+        total = math.ceil(len(wav) / SAMPLES_PER_FRAME)  # the frames the audio needs: no rounding to chunks
+        settings = DenoiseSettings(steps=options.steps, guidance=options.guidance, seed=options.seed)
+        denoiser = ChunkDenoiser(self.models, self.mask, settings)
+        report = RunReport(output=out)
+        aligner_out = Aligner(self.models.resolution)
+        writer = VideoWriter(out, source.info.width, source.info.height, fps=FPS, crf=options.crf, audio_path=audio_src)
+
+        def finish(chunk: _Chunk) -> None:
+            with clock("paste"):
+                images = [
+                    f.image if f.affine is None else aligner_out.restore(f.image, f.crop, f.affine) for f in chunk.frames
+                ]
+            with clock("encode"):
+                for image in images:
+                    writer.write(image)
+            report.frames += len(chunk.frames)
+            report.frames_without_face += len(chunk.frames) - len(chunk.faces)
+            if progress is not None:
+                progress(report.frames, total)
+
+        sink: Sink[_Chunk] = Sink(finish)
+        try:
+            frames = _timed(source.looped(total), clock, "decode")
+            for chunk in prefetch(self._prepare(frames, selector, clock, settings.num_frames)):
+                faces = chunk.faces
+                if faces:
+                    with clock("denoise"):
+                        crops = torch.from_numpy(np.stack([f.crop for f in faces]))
+                        tokens = frame_windows(features, frames=torch.tensor([f.index for f in faces]))
+                        for f, crop in zip(faces, denoiser(crops, tokens).numpy()):
+                            f.crop = crop
+                sink.put(chunk)
+            sink.close()
+            if report.frames_without_face == report.frames:
+                raise NoFaceError(f"no face found in any frame of {video}")
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        report.seconds = time.perf_counter() - t_start
+        report.stage_seconds = clock.seconds
+        report.peak_rss_mb = peak_rss_mb()
+        report.peak_vram_mb = peak_vram_mb(self.models.device)
+        return report
+
+    def _prepare(
+        self, frames: Iterable[tuple[int, np.ndarray]], selector: FaceSelector, clock: StageClock, chunk_faces: int
+    ) -> Iterator[_Chunk]:
+        """Track and crop the speaker's face in every frame; cut chunks of `chunk_faces` face frames."""
+        aligner = Aligner(self.models.resolution)
+        chunk = _Chunk()
+        track_id = None
+        with FaceTracker(selector) as tracker:
+            for index, (_, image) in enumerate(frames):
+                with clock("face"):
+                    face = tracker(image)
+                    item = _Frame(index, image)
+                    if face is not None:
+                        if tracker.track_id != track_id:  # a new track: no smoothing across the break
+                            aligner.reset()
+                            track_id = tracker.track_id
+                        item.affine = aligner.fit(face.points3)
+                        item.crop = aligner.warp(image, item.affine)
+                chunk.frames.append(item)
+                if item.crop is not None and len(chunk.faces) == chunk_faces:
+                    yield chunk
+                    chunk = _Chunk()
+        if chunk.frames:
+            yield chunk
+
+
+def _timed(items: Iterable[T], clock: StageClock, stage: str) -> Iterator[T]:
+    """Charge the time spent producing each item (e.g. decoding) to `stage`."""
+    iterator = iter(items)
+    while True:
+        with clock(stage):
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
+
+
+def lipsync(
+    video: str | Path,
+    audio: str | Path | None,
+    out: str | Path,
+    model: str | Path = "1.6",
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: Progress | None = None,
+    **options: object,
+) -> RunReport:
+    """One-call API: load `model`, lip-sync once. Reuse a `LipSyncPipeline` to run many times."""
+    return LipSyncPipeline.from_model(model, device, dtype).run(video, audio, out, RunOptions(**options), progress)
