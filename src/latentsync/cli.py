@@ -53,14 +53,19 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions
+    from latentsync.face.track import parse_face_selector
+    from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions, preflight
     from latentsync.pipeline.progress import progress_bar
 
     if args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
     if args.guidance < 1.0:
         raise ConfigError(f"--guidance must be at least 1.0 (1.0 = no guidance), got {args.guidance}")
+    if not 0 <= args.crf <= 51:
+        raise ConfigError(f"--crf must be between 0 and 51, got {args.crf}")
+    parse_face_selector(args.face)
     options = RunOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, face=args.face, crf=args.crf)
+    preflight(args.video, args.audio, args.out)
     pipeline = LipSyncPipeline.from_model(args.model, args.device, args.dtype)
     with progress_bar("lip-sync", unit="frame", quiet=args.quiet) as progress:
         report = pipeline.run(args.video, args.audio, args.out, options, progress)

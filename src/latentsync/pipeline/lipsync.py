@@ -32,7 +32,7 @@ from latentsync.pipeline.denoise import ChunkDenoiser, DenoiseSettings
 from latentsync.pipeline.report import Progress, RunReport, StageClock, peak_rss_mb, peak_vram_mb
 from latentsync.pipeline.runtime import resolve_device, resolve_dtype
 from latentsync.pipeline.stages import Sink, prefetch
-from latentsync.video.reader import VideoFrames
+from latentsync.video.reader import VideoFrames, VideoInfo, probe
 from latentsync.video.writer import VideoWriter, check_writable
 
 FPS = 25
@@ -68,6 +68,14 @@ class _Chunk:
         return [f for f in self.frames if f.crop is not None]
 
 
+def preflight(video: str | Path, audio: str | Path | None, out: str | Path) -> VideoInfo:
+    """Check the inputs and the output location cheaply, so bad input fails before a long model load."""
+    check_writable(Path(out))
+    info = probe(video)
+    load_audio(Path(audio) if audio is not None else Path(video), SAMPLE_RATE)
+    return info
+
+
 class LipSyncPipeline:
     """Models are loaded once; `run` may be called any number of times (CLI, app, service)."""
 
@@ -91,7 +99,7 @@ class LipSyncPipeline:
         """Lip-sync `video` to `audio` (default: the video's own soundtrack) and write `out` (an .mp4)."""
         t_start = time.perf_counter()
         out = Path(out)
-        check_writable(out)
+        check_writable(out)  # before any work; the video and audio are checked as they are opened below
         selector = parse_face_selector(options.face)
         clock = StageClock()
         audio_src = Path(audio) if audio is not None else Path(video)
