@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MEDIAPIPE := 0.10.21
+LPIPS     := 0.1.4
 
 .PHONY: venv test demo clean
 
@@ -12,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# The CPU torch build goes in first and is pinned by constraints.txt, so no dependency can pull a CUDA build.
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps mediapipe==$(MEDIAPIPE)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps mediapipe==$(MEDIAPIPE) lpips==$(LPIPS)
 	touch $(STAMP)
 
 venv: $(STAMP)
