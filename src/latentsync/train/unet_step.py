@@ -103,7 +103,7 @@ class UNetTrainStep:
         self.mixed_noise_alpha = mixed_noise_alpha
         self.syncnet_resolution = syncnet_resolution
         self.generator = generator
-        mask = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        mask = torch.from_numpy(np.array(mask, dtype=np.float32))  # a copy: load_mask's array is read-only
         if mask.ndim != 2 or mask.shape[0] != mask.shape[1] or mask.shape[0] % VAE_FACTOR:
             raise ConfigError(f"mask must be square [res, res] with res a multiple of {VAE_FACTOR}, got {list(mask.shape)}")
         self.pixel_mask = mask[None, None]  # [1, 1, res, res]
@@ -145,8 +145,8 @@ class UNetTrainStep:
         w = self.weights
         scale = {"mse": w.recon, "sync": w.sync, "lpips": w.lpips, "trepa": w.trepa}
         total = sum(scale[name] * value for name, value in parts.items())
-        metrics = {name: float(parts[name]) if name in parts else 0.0 for name in METRICS[:-1]}
-        metrics["total"] = float(total)
+        metrics = {name: parts[name].item() if name in parts else 0.0 for name in METRICS[:-1]}
+        metrics["total"] = total.item()
         return total, metrics
 
     def _encode(self, frames: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,227 @@
+"""Train StableSyncNet: lower-half face frames vs a mel window, BCE on the cosine of their embeddings.
+
+Upstream's recipe (configs/train/syncnet_16_pixel_attn.yaml): batches of 16-frame windows, half of them paired
+with their own mel (y = 1), half with the mel of another window of the same clip (y = 0); AdamW at a constant
+1e-5, fp16 with loss scaling, gradient clipping at 1.0; DDP over torchrun. Checkpoints are official SyncNet files
+(`{"state_dict", "global_step"}`) next to a `syncnet.yaml`, so `load_syncnet(yaml, checkpoint)` reads them and
+the U-Net trainer can use them as its sync loss.
+
+    output_dir/config.yaml        the resolved training config
+    output_dir/syncnet.yaml       the model config, upstream format
+    output_dir/checkpoints/       checkpoint-<step>.pt (+ .train.pt: optimizer, scaler, RNG)
+    output_dir/metrics.csv        step, time, loss, acc, grad_norm, lr, val_loss, val_acc
+    output_dir/curves.png         the metrics, plotted at the end
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from latentsync.audio.mel import mel_window_length
+from latentsync.data.dataset import SyncNetDataset, prepare_cache
+from latentsync.errors import ConfigError
+from latentsync.models.syncnet import StableSyncNet, SyncNetConfig, load_syncnet_yaml, sync_probability, visual_input
+from latentsync.paths import CONFIG_DIR
+from latentsync.pipeline.progress import progress_bar
+from latentsync.train import loop
+from latentsync.train.loop import CkptConfig, OptimizerConfig, RunConfig
+
+log = logging.getLogger(__name__)
+METRICS = ("loss", "acc", "grad_norm", "lr", "val_loss", "val_acc")
+
+
+@dataclass
+class SyncNetDataConfig:
+    root: str = ""  # data folder; relative paths are relative to the working directory
+    filelist: str = "filelist.txt"  # relative to root
+    val_filelist: str | None = None  # held-out clips; no validation without it
+    resolution: int = 256
+    num_frames: int = 16
+    batch_size: int = 256  # per process
+    num_workers: int = 4
+    samples_per_epoch: int = 100_000
+    val_samples: int = 1024  # fixed by run.seed, the same set at every validation
+
+
+@dataclass
+class SyncNetTrainConfig:
+    model: Any = "syncnet_16_pixel_attn"  # a SyncNet preset, a yaml path, or an inline upstream `model:` section
+    data: SyncNetDataConfig = field(default_factory=SyncNetDataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    ckpt: CkptConfig = field(default_factory=CkptConfig)
+
+
+def train_syncnet(config_path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Path:
+    """Train (or resume) from a training YAML; returns the final checkpoint. Run under torchrun for DDP."""
+    cfg = loop.load_config(SyncNetTrainConfig, resolve_config(config_path), overrides)
+    model_yaml = _model_yaml(cfg)
+    owns_group = not torch.distributed.is_initialized()
+    env = loop.setup_distributed(cfg.run.device, cfg.run.seed)
+    try:
+        return _train(cfg, model_yaml, env)
+    finally:
+        if owns_group:
+            loop.cleanup()
+
+
+def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> Path:
+    data, run = cfg.data, cfg.run
+    out = Path(run.output_dir)
+    if env.main:  # audio caches first, by one process, with progress; the other ranks then only read them
+        for filelist in filter(None, (data.filelist, data.val_filelist)):
+            prepare_cache(data.root, filelist, workers=data.num_workers)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(loop.config_dict(cfg), sort_keys=False))
+        (out / "syncnet.yaml").write_text(yaml.safe_dump(model_yaml, sort_keys=False))
+    loop.barrier()
+
+    train_set = SyncNetDataset(data.root, data.filelist, data.resolution, data.num_frames,
+                               data.samples_per_epoch, seed=run.seed)
+    sampler = DistributedSampler(train_set, shuffle=False, drop_last=True) if env.world_size > 1 else None
+    loader = DataLoader(train_set, data.batch_size, sampler=sampler, num_workers=data.num_workers,
+                        drop_last=True, pin_memory=env.device.type == "cuda")
+    if len(loader) == 0:
+        raise ConfigError(f"data.samples_per_epoch {data.samples_per_epoch} is less than one batch per process")
+    val_loader = None
+    if data.val_filelist and env.main:
+        val_set = SyncNetDataset(data.root, data.val_filelist, data.resolution, data.num_frames,
+                                 data.val_samples, seed=run.seed + 1)
+        val_loader = DataLoader(val_set, data.batch_size, num_workers=data.num_workers)
+
+    model: nn.Module = StableSyncNet(SyncNetConfig.from_dict(model_yaml)).to(env.device)
+    if env.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
+    stepper = loop.Stepper(model, optimizer, env.device, run.mixed_precision, run.grad_accum, run.grad_clip)
+    checkpoints = loop.Checkpointer(out / "checkpoints", run.keep_last)
+    step = checkpoints.resume(cfg.ckpt.resume_from, model, stepper)
+    metrics = loop.MetricsLog(out / "metrics.csv", METRICS, resume_step=step, enabled=env.main)
+    if step:
+        log.info("resumed at step %d", step)
+
+    if val_loader is not None and step == 0:
+        metrics.log(0, **_validate(loop.unwrap(model), val_loader, stepper))
+    batches = loop.endless(loader, train_set, lambda: step)
+    sums: dict[str, float] = {}
+    with progress_bar("train syncnet", unit="step", quiet=not env.main) as progress:
+        while step < run.max_steps:
+            model.train()
+            for _ in range(run.grad_accum):
+                loss, correct = _loss(model, next(batches), stepper)
+                stepper.backward(loss)
+                _add(sums, loss=loss.item() / run.grad_accum, acc=correct / run.grad_accum)
+            _add(sums, grad_norm=stepper.step(), lr=optimizer.param_groups[0]["lr"], n=1)
+            step += 1
+            if step % run.log_every == 0 or step == run.max_steps:
+                n = sums.pop("n")
+                metrics.log(step, **{k: v / n for k, v in sums.items()})
+                log.info("step %d: loss %.4f acc %.3f", step, sums["loss"] / n, sums["acc"] / n)
+                sums.clear()
+            if val_loader is not None and (step % run.val_every == 0 or step == run.max_steps):
+                metrics.log(step, **_validate(loop.unwrap(model), val_loader, stepper))
+            if step % run.ckpt_every == 0 or step == run.max_steps:
+                checkpoints.save(step, model, stepper)
+            progress(step, run.max_steps)
+    if env.main:
+        loop.plot_curves(out / "metrics.csv", out / "curves.png")
+    final = checkpoints.latest()
+    if final is None:  # max_steps 0 and nothing to resume: an untrained model is still a valid result
+        final = checkpoints.save(step, model, stepper)
+    return final
+
+
+def _loss(model: nn.Module, batch: dict[str, torch.Tensor], stepper: loop.Stepper) -> tuple[torch.Tensor, float]:
+    """Mean BCE of the batch and its accuracy (cosine > 0.5 agrees with y).
+
+    Only the encoders run under autocast: BCE is not autocast-safe and the cosine wants fp32 anyway.
+    """
+    frames = batch["frames"].to(stepper.device, non_blocking=True)
+    mel = batch["mel"].to(stepper.device, non_blocking=True)
+    y = batch["y"].to(stepper.device, non_blocking=True).float()
+    with stepper.autocast():
+        vision, audio = model(visual_input(frames), mel)
+    sims = sync_probability(vision.float(), audio.float())
+    loss = nn.functional.binary_cross_entropy(sims, y)
+    return loss, ((sims > 0.5) == (y > 0.5)).float().mean().item()
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, loader: DataLoader, stepper: loop.Stepper) -> dict[str, float]:
+    """Loss and accuracy over the fixed validation samples (main rank only, on the unwrapped model)."""
+    model.eval()
+    total_loss = total_correct = count = 0.0
+    for batch in loader:
+        loss, correct = _loss(model, batch, stepper)
+        n = len(batch["y"])
+        total_loss, total_correct, count = total_loss + loss.item() * n, total_correct + correct * n, count + n
+    model.train()
+    return {"val_loss": total_loss / count, "val_acc": total_correct / count}
+
+
+def _add(sums: dict[str, float], **values: float) -> None:
+    for key, value in values.items():
+        sums[key] = sums.get(key, 0.0) + value
+
+
+def resolve_config(name_or_path: str | os.PathLike) -> Path:
+    """A config path, or the name of a packaged one (`syncnet_small` -> configs/train/syncnet_small.yaml)."""
+    path = Path(name_or_path)
+    packaged = CONFIG_DIR / "train" / f"{name_or_path}.yaml"
+    if not path.is_file() and path.suffix == "" and packaged.is_file():
+        return packaged
+    return path
+
+
+def _model_yaml(cfg: SyncNetTrainConfig) -> dict:
+    """The upstream-format SyncNet yaml for this run, checked against the data settings.
+
+    A forward pass on the meta device (free) catches a visual encoder that does not take 3 * num_frames
+    channels, or embeddings whose sizes differ at this resolution, before any data is touched.
+    """
+    if isinstance(cfg.model, str):
+        source = load_syncnet_yaml(cfg.model)
+    elif isinstance(cfg.model, dict):
+        source = {"model": cfg.model.get("model", cfg.model)}
+    else:
+        raise ConfigError("config key model must be a SyncNet preset name, a yaml path or a model section")
+    if source.get("data", {}).get("latent_space"):
+        raise ConfigError("latent-space SyncNets are not supported for training; use a pixel config")
+    data = cfg.data
+    frames = 3 * data.num_frames
+    with torch.device("meta"):
+        net = StableSyncNet(SyncNetConfig.from_dict(source))
+        try:
+            vision, audio = net(torch.empty(1, frames, data.resolution // 2, data.resolution),
+                                torch.empty(1, 1, 80, mel_window_length(data.num_frames)))
+        except RuntimeError as exc:
+            raise ConfigError(f"the SyncNet does not fit {data.num_frames} frames at {data.resolution} px: "
+                              f"{str(exc).splitlines()[0]}") from None
+    if vision.shape != audio.shape:
+        raise ConfigError(f"at {data.resolution} px the visual embedding has {vision.shape[1]} values but the "
+                          f"audio embedding {audio.shape[1]}; change data.resolution or the model")
+    return {"model": source["model"], "data": {"num_frames": data.num_frames, "resolution": data.resolution,
+                                               "latent_space": False, "lower_half": True}}
+
+
+def add_train_syncnet_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="training yaml, or a packaged one: syncnet_small, syncnet_16_pixel_attn")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.root=data/aligned --set run.max_steps=500")
+
+
+def run_train_syncnet(args: argparse.Namespace) -> int:
+    path = train_syncnet(args.config, loop.parse_overrides(args.overrides))
+    if loop.is_main():
+        print(f"final checkpoint {path}")
+    return 0
