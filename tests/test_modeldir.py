@@ -25,7 +25,7 @@ def test_init_writes_official_layout_and_resolves(small_dir):
     assert ckpt.global_step == 0 and "conv_in.weight" in ckpt.state_dict
     raw = torch.load(spec.unet_weights, weights_only=True)
     assert set(raw) == {"state_dict", "global_step"}  # exactly what upstream training saves
-    assert (spec.vae / "config.json").is_file() and spec.whisper.is_file()
+    assert (spec.vae / "config.json").is_file() and spec.whisper == "builtin:tiny.en" and spec.whisper_path.is_file()
     assert spec.syncnet_weights is not None and spec.syncnet_weights.is_file()
     assert ModelSpec.read(small_dir).required_files() == spec.required_files()
 
@@ -73,3 +73,12 @@ def test_official_names_point_at_download(tmp_path, monkeypatch):
         ModelDir.resolve("1.6")
     with pytest.raises(ModelNotFoundError, match="unknown model 'nonsense'"):
         ModelDir.resolve("nonsense")
+
+
+def test_whisper_is_referenced_by_default_and_copied_on_request(tmp_path):
+    from latentsync.models.whisper_ct2 import tiny_en_path
+
+    copied = create_model_dir("small", tmp_path / "copied", whisper=tiny_en_path())
+    assert isinstance(copied.whisper, type(tmp_path)) and copied.whisper.parent == copied.root / "whisper"
+    assert copied.whisper_path.stat().st_size == tiny_en_path().stat().st_size
+    assert "builtin:" not in (copied.root / "model.yaml").read_text()

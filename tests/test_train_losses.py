@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,6 +77,37 @@ def test_lpips_is_a_distance(lpips_model) -> None:
     torch.testing.assert_close(ab, ba)
     assert (ab > 0).all()
     assert (lpips_model(a, a + 0.05 * torch.randn_like(a)) < ab).all()  # a small perturbation is nearer
+
+
+# Runs the lpips package's own LPIPS in a child process, with `torchvision.models.vgg16` stubbed by our trunk holding
+# the same weights (the package cannot import torchvision here). A stub in this process could confuse diffusers.
+_PACKAGE_LPIPS = """
+import sys, types, torch
+from latentsync.train.lpips import vgg16_features
+state = {k[len("features."):]: v for k, v in torch.load(sys.argv[1], weights_only=True).items() if k.startswith("features.")}
+def vgg16(pretrained=False, **kwargs):
+    trunk = vgg16_features()
+    trunk.load_state_dict(state)
+    return types.SimpleNamespace(features=trunk)
+models = types.ModuleType("torchvision.models")
+models.vgg16 = vgg16
+sys.modules["torchvision"] = types.ModuleType("torchvision")
+sys.modules["torchvision"].models = sys.modules["torchvision.models"] = models
+import lpips
+a, b = torch.load(sys.argv[2], weights_only=True)
+with torch.no_grad():
+    torch.save(lpips.LPIPS(net="vgg", verbose=False).eval()(a, b).flatten(), sys.argv[3])
+"""
+
+
+def test_lpips_matches_the_lpips_package(vgg_file: Path, lpips_model, tmp_path: Path) -> None:
+    a = _images(4, 5, (64, 96))
+    b = a + 0.2 * torch.randn(a.shape, generator=torch.Generator().manual_seed(6))
+    torch.save((a, b), tmp_path / "inputs.pt")
+    cmd = [sys.executable, "-c", _PACKAGE_LPIPS, str(vgg_file), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    with torch.no_grad():
+        torch.testing.assert_close(lpips_model(a, b), torch.load(tmp_path / "out.pt", weights_only=True), atol=1e-6, rtol=1e-5)
 
 
 def test_lpips_refuses_bad_files(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def _model_info(args: argparse.Namespace) -> int:
     spec = model_dir.spec
     print(f"model      {model_dir.label} -> {spec.root}")
     print(f"resolution {spec.resolution}")
-    for label, path in [("unet", spec.unet_weights), ("vae", spec.vae), ("whisper", spec.whisper), ("syncnet", spec.syncnet_weights)]:
+    for label, path in [("unet", spec.unet_weights), ("vae", spec.vae), ("whisper", spec.whisper_path), ("syncnet", spec.syncnet_weights)]:
         if path is not None:
             print(f"{label:<10} {path}")
     if args.check:
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--vae", help="VAE preset (small, sd-vae-ft-mse) or folder with config.json; default fits the U-Net")
     init.add_argument("--syncnet", help="also write a random SyncNet of this preset or yaml")
-    init.add_argument("--whisper", type=Path, help="OpenAI-format Whisper file (default: converted tiny.en)")
+    init.add_argument("--whisper", type=Path, help="OpenAI-format Whisper file to copy in (default: reference the packaged tiny.en)")
     init.add_argument("--force", action="store_true", help="replace OUT if it exists")
     init.set_defaults(handler=_model_init)
     info = model.add_parser("info", help="show what a --model resolves to")

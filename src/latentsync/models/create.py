@@ -11,7 +11,7 @@ import yaml
 
 from latentsync.errors import ConfigError
 from latentsync.models.checkpoint import save_checkpoint
-from latentsync.models.modeldir import ModelSpec, place_file
+from latentsync.models.modeldir import BUILTIN_WHISPER, ModelSpec, place_file
 
 
 def create_model_dir(
@@ -28,13 +28,13 @@ def create_model_dir(
 
     `config` is a U-Net preset name (stage1, stage2, stage2_efficient, stage1_512, stage2_512, small) or an
     upstream-style yaml. The VAE defaults to the `small` preset for the small U-Net and to the sd-vae-ft-mse
-    shape otherwise; the audio encoder defaults to the real Whisper tiny.en weights (converted once).
+    shape otherwise. The audio encoder defaults to a reference to the packaged real Whisper tiny.en weights
+    (`builtin:tiny.en`, converted once); `whisper=PATH` copies that file into the folder instead.
     The folder is assembled next to `out` and renamed into place, so a failure leaves nothing behind.
     """
     from latentsync.models.syncnet import StableSyncNet, load_syncnet_yaml
     from latentsync.models.unet import UNet3DConditionModel, UNetConfig, load_unet_yaml
     from latentsync.models.vae import init_vae, save_vae
-    from latentsync.models.whisper_ct2 import tiny_en_path
 
     out = Path(out)
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
@@ -43,8 +43,8 @@ def create_model_dir(
     resolution = int(unet_yaml.get("data", {}).get("resolution", 256))
     is_small = int(UNetConfig.from_dict(unet_yaml["model"]).block_out_channels[0]) < 128
     vae = vae or ("small" if is_small else "sd-vae-ft-mse")
-    whisper_src = Path(whisper) if whisper else tiny_en_path()
-    if not whisper_src.is_file():
+    whisper_src = Path(whisper) if whisper else None
+    if whisper_src is not None and not whisper_src.is_file():
         raise ConfigError(f"Whisper weights not found: {whisper_src}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def create_model_dir(
             unet_config=stage / "unet.yaml",
             unet_weights=stage / "latentsync_unet.pt",
             vae=stage / "vae",
-            whisper=stage / "whisper" / whisper_src.name,
+            whisper=stage / "whisper" / whisper_src.name if whisper_src else BUILTIN_WHISPER,
             inference={
                 "steps": int(unet_yaml.get("run", {}).get("inference_steps", 20)),
                 "guidance_scale": float(unet_yaml.get("run", {}).get("guidance_scale", 1.5)),
@@ -69,7 +69,8 @@ def create_model_dir(
         save_checkpoint(spec.unet_weights, unet.state_dict(), global_step=0)
         del unet
         save_vae(init_vae(vae, seed=seed), spec.vae)
-        place_file(whisper_src, spec.whisper)
+        if whisper_src is not None:
+            place_file(whisper_src, stage / "whisper" / whisper_src.name)
         if syncnet is not None:
             syncnet_yaml = load_syncnet_yaml(syncnet)
             torch.manual_seed(seed)

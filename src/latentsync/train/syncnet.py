@@ -77,6 +77,8 @@ def train_syncnet(config_path: str | os.PathLike, overrides: Mapping[str, Any] |
 
 def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> Path:
     data, run = cfg.data, cfg.run
+    if not data.root:
+        raise ConfigError("data.root is not set (the folder with filelist.txt); pass --set data.root=DIR")
     out = Path(run.output_dir)
     if env.main:  # audio caches first, by one process, with progress; the other ranks then only read them
         for filelist in filter(None, (data.filelist, data.val_filelist)):
