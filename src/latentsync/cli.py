@@ -57,9 +57,9 @@ def _run(args: argparse.Namespace) -> int:
     from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions, preflight
     from latentsync.pipeline.progress import progress_bar
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}")
-    if args.guidance < 1.0:
+    if args.guidance is not None and args.guidance < 1.0:
         raise ConfigError(f"--guidance must be at least 1.0 (1.0 = no guidance), got {args.guidance}")
     if not 0 <= args.crf <= 51:
         raise ConfigError(f"--crf must be between 0 and 51, got {args.crf}")
@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("audio", type=Path, nargs="?", help="speech (audio or video file); default: VIDEO's own audio")
     run.add_argument("-o", "--out", required=True, type=Path, help="output .mp4 (written only when the run succeeds)")
     run.add_argument("--model", default="1.6", help="1.5, 1.6 or a model folder (default 1.6)")
-    run.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
-    run.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (default 1.5)")
+    run.add_argument("--steps", type=int, help="DDIM steps (default: the model's, 20 for 1.5/1.6)")
+    run.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's, 1.5 for 1.5/1.6)")
     run.add_argument("--seed", type=int, default=1247)
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])

@@ -46,7 +46,7 @@ _CHEEKS = (234, 454)  # face-oval points at cheek height: the face's width
 _CHIN = 152
 _LIPS = sorted(set(UPPER_OUTER + LOWER_OUTER + UPPER_INNER + LOWER_INNER))
 
-MAX_GAP = 0.4  # inner-lip gap at opening 1, as a fraction of the mouth's width (outer corners)
+MAX_GAP = 0.36  # inner-lip gap at opening 1, as a fraction of the mouth's width (outer corners)
 UPPER_SHARE = 0.1  # how much of the gap the upper lip rises (the rest is the jaw dropping)
 CORNER_DROP = 0.15  # how far the mouth corners drop, as a fraction of the gap
 ROUNDING = 0.18  # lateral shrink of the lips at roundness 1 and opening 1
@@ -56,7 +56,7 @@ _TEETH = np.array([228.0, 222.0, 208.0], np.float32)
 _TONGUE = np.array([132.0, 52.0, 60.0], np.float32)
 _LIP_LINE = np.array([80.0, 32.0, 38.0], np.float32)
 _SUBPIXEL = 4  # bits of fixed-point precision for cv2's polygon drawing
-_MIN_MOVE = 0.05  # px: landmarks moved less than this are treated as fixed (keeps the warped region small)
+_MIN_MOVE = 0.25  # px: landmarks moved less than this are treated as fixed (keeps the warped region small)
 
 
 def load_photo(photo: str | os.PathLike | None) -> tuple[np.ndarray, str]:
@@ -170,23 +170,23 @@ class MouthAnimator:
         return moves
 
     def _moving_region(self) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """Triangles that any mouth state moves, and a photo box (x0, y0, x1, y1) holding them in every state."""
-        states = [self.displacement(o, r) for o in (0.0, 1.0) for r in (0.0, 1.0)]
-        moved = np.zeros(len(self._points), bool)
-        for moves in states:
-            moved[: len(moves)] |= np.any(moves != 0, axis=1)
-        triangles = self._triangles[moved[self._triangles].any(axis=1)]
-        corners = [self._points[triangles.ravel()]]
-        corners += [self._points[triangles.ravel()] + np.pad(m, ((0, len(self._points) - len(m)), (0, 0)))[triangles.ravel()] for m in states]
-        box = np.concatenate(corners)
-        h, w = self.photo.shape[:2]
-        x0, y0 = np.floor(box.min(axis=0)).astype(int) - 2
-        x1, y1 = np.ceil(box.max(axis=0)).astype(int) + 3
-        return triangles, (max(x0, 0), max(y0, 0), min(x1, w), min(y1, h))
+        """Triangles that some mouth state moves, and a photo box (x0, y0, x1, y1) holding them in every state.
 
-    def landmarks(self, opening: float, roundness: float = 0.0) -> np.ndarray:
-        """[468, 2] landmark positions in the photo for one mouth state."""
-        return self.rest + self.displacement(opening, roundness)
+        The extreme states bound all others: every move grows monotonically with opening and roundness.
+        """
+        states = [np.zeros_like(self._points)]
+        for opening in (0.0, 1.0):
+            for roundness in (0.0, 1.0):
+                moved = np.zeros_like(self._points)
+                moved[: len(self.rest)] = self.displacement(opening, roundness)
+                states.append(moved)
+        moving = np.any([np.any(m != 0, axis=1) for m in states], axis=0)
+        triangles = self._triangles[moving[self._triangles].any(axis=1)]
+        corners = np.concatenate([(self._points + m)[triangles.ravel()] for m in states])
+        h, w = self.photo.shape[:2]
+        x0, y0 = np.floor(corners.min(axis=0)).astype(int) - 2
+        x1, y1 = np.ceil(corners.max(axis=0)).astype(int) + 3
+        return triangles, (max(int(x0), 0), max(int(y0), 0), min(int(x1), w), min(int(y1), h))
 
     # --- rendering ---------------------------------------------------------------------------------------------
 
@@ -199,7 +199,7 @@ class MouthAnimator:
         source = self._backward_maps(dst)
         out = self.photo.copy()
         region = cv2.remap(self.photo, source[0], source[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        self._draw_mouth(region, dst[: len(moves)] - (x0, y0), opening)
+        self._draw_mouth(region, dst[: len(moves)], opening)
         out[y0:y1, x0:x1] = region
         return out
 
@@ -208,11 +208,18 @@ class MouthAnimator:
         x0, y0, x1, y1 = self._roi
         src_tri = self._points[self._moving]  # [K, 3, 2]
         dst_tri = dst[self._moving]
-        homogeneous = np.concatenate([dst_tri, np.ones((len(dst_tri), 3, 1))], axis=2)
-        usable = np.abs(np.linalg.det(homogeneous)) > 1e-3  # a collapsed triangle covers no pixels
-        # affine[k] (3x2) maps [x, y, 1] in the moved triangle to the rest one; the last entry is the identity
+        # affine[k] (3x2) maps [x, y, 1] in the moved triangle to the rest one; the last entry is the identity.
+        # It is inverse([[x, y, 1] per moved vertex]) @ rest vertices, with the 3x3 inverse written out.
+        (ax, ay), (bx, by), (cx, cy) = dst_tri[:, 0].T, dst_tri[:, 1].T, dst_tri[:, 2].T
+        det = ax * (by - cy) + bx * (cy - ay) + cx * (ay - by)
+        usable = np.abs(det) > 1e-3  # a collapsed triangle covers no pixels
+        inverse = np.stack([
+            np.stack([by - cy, cy - ay, ay - by], 1),
+            np.stack([cx - bx, ax - cx, bx - ax], 1),
+            np.stack([bx * cy - cx * by, cx * ay - ax * cy, ax * by - bx * ay], 1),
+        ], 1) / np.where(usable, det, 1.0)[:, None, None]  # fmt: skip
         affine = np.zeros((len(dst_tri) + 1, 3, 2))
-        affine[:-1][usable] = np.linalg.solve(homogeneous[usable], src_tri[usable])
+        affine[:-1] = inverse @ src_tri
         affine[-1] = [[1, 0], [0, 1], [0, 0]]
         index = np.full((y1 - y0, x1 - x0), len(dst_tri), np.int32)
         fixed = np.rint((dst_tri - (x0, y0)) * (1 << _SUBPIXEL)).astype(np.int32)
@@ -225,18 +232,18 @@ class MouthAnimator:
     def _draw_mouth(self, region: np.ndarray, lm: np.ndarray, opening: float) -> None:
         """Replace the inside of the inner lips with a cavity, tongue and teeth; mark the lip line (in place).
 
-        Shapes are laid out in the face's frame (across, down) relative to the moved lip centres, then drawn
-        anti-aliased; anything outside the inner-lip polygon is cut away by that polygon's own mask.
+        `lm` are the moved landmarks in photo pixels. Shapes are laid out in the face's frame (across, down)
+        from the moved lip centres and drawn anti-aliased; whatever falls outside the inner-lip polygon is cut
+        away by that polygon's own mask.
         """
+        offset = np.array(self._roi[:2], np.float64)
         upper, lower = lm[list(UPPER_INNER)], lm[list(LOWER_INNER)]
-        h, w = region.shape[:2]
+        size = region.shape[:2]
         gap = opening * MAX_GAP * self._mouth_width
         mid = len(UPPER_INNER) // 2
-        origin = self._centre - (self._roi[0], self._roi[1])
-        x_lips, _ = self._local(upper + (self._roi[0], self._roi[1]))
+        x_lips, _ = self._local(upper)
         half = max(float(np.abs(x_lips).max()), 1.0)
-        top = float((upper[mid] - origin) @ self._down)
-        bottom = float((lower[mid] - origin) @ self._down)
+        _, (top, bottom) = self._local(np.stack([upper[mid], lower[mid]]))
         interior = np.empty_like(region)
         interior[:] = _CAVITY
         xs = np.linspace(-1.0, 1.0, 17)
@@ -250,13 +257,14 @@ class MouthAnimator:
         for width, cap, reach, colour in shapes:
             if np.abs(reach).max() <= 2.0:
                 continue  # still hidden under the lip
-            outline = np.concatenate([np.stack([xs * width, cap + reach], 1), np.stack([xs[::-1] * width, np.full_like(xs, cap)], 1)])
-            points = origin + np.outer(outline[:, 0], self._across) + np.outer(outline[:, 1], self._down)
-            interior += self._coverage((h, w), points) * (colour - interior)
+            across = np.concatenate([xs, xs[::-1]]) * width
+            down = np.concatenate([cap + reach, np.full_like(xs, cap)])
+            outline = self._centre + np.outer(across, self._across) + np.outer(down, self._down)
+            interior += self._coverage(size, outline - offset) * (colour - interior)
         interior = cv2.GaussianBlur(interior, (3, 3), 0)
-        region += self._coverage((h, w), np.concatenate([upper, lower[-2:0:-1]])) * (interior - region)
-        line = np.zeros((h, w), np.uint8)
-        cv2.polylines(line, [self._fixed(upper)], False, 255, 1, cv2.LINE_AA, _SUBPIXEL)
+        region += self._coverage(size, np.concatenate([upper, lower[-2:0:-1]]) - offset) * (interior - region)
+        line = np.zeros(size, np.uint8)
+        cv2.polylines(line, [self._fixed(upper - offset)], False, 255, 1, cv2.LINE_AA, _SUBPIXEL)
         region += 0.45 * (line.astype(np.float32) / 255)[:, :, None] * (_LIP_LINE - region)
 
     def _coverage(self, shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:

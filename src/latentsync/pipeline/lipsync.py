@@ -42,10 +42,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Per-run settings; the defaults are upstream's (20 DDIM steps, guidance 1.5, seed 1247)."""
+    """Per-run settings. Steps and guidance left at None come from the model's `model.yaml` (`inference:`),
+    which for the official models holds upstream's 20 steps and guidance 1.5; the seed default is upstream's."""
 
-    steps: int = 20
-    guidance: float = 1.5
+    steps: int | None = None
+    guidance: float | None = None
     seed: int = 1247
     face: str = "largest"
     crf: int = 18
@@ -109,7 +110,12 @@ class LipSyncPipeline:
             wav = load_audio(audio_src, SAMPLE_RATE)
             features = audio_features(wav, self.models.audio_encoder, dtype=self.models.dtype)
         total = math.ceil(len(wav) / SAMPLES_PER_FRAME)  # the frames the audio needs: no rounding to chunks
-        settings = DenoiseSettings(steps=options.steps, guidance=options.guidance, seed=options.seed)
+        defaults = self.models.spec.inference
+        settings = DenoiseSettings(
+            steps=options.steps or int(defaults.get("steps", 20)),
+            guidance=options.guidance or float(defaults.get("guidance_scale", 1.5)),
+            seed=options.seed,
+        )
         denoiser = ChunkDenoiser(self.models, self.mask, settings)
         report = RunReport(output=out)
         aligner_out = Aligner(self.models.resolution)

@@ -1,0 +1,159 @@
+"""`latentsync data synth`: both output forms, determinism, resume, errors, and the point of the data: the
+mouth on the aligned crops opens and closes in sync with the speech on the same file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from latentsync.audio.load import load_audio
+from latentsync.data.synth import SynthReport, add_synth_arguments, clip_name, run_synth, synthesize
+from latentsync.errors import ConfigError, LatentSyncError
+from latentsync.video.reader import probe
+
+SIZE = (320, 180)
+SECONDS = (2.0, 3.0)
+RES = 128
+SEED = 7
+HOP = 640  # 16 kHz samples per 25 fps frame
+# Regions of the aligned crop (row and column fractions): the aligner puts every face in the same place.
+MOUTH = (slice(int(0.55 * RES), int(0.75 * RES)), slice(int(0.34 * RES), int(0.66 * RES)))
+EYES = (slice(int(0.2 * RES), int(0.4 * RES)), slice(int(0.34 * RES), int(0.66 * RES)))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SynthReport, list[tuple[int, int]]]:
+    out = tmp_path_factory.mktemp("synth")
+    calls: list[tuple[int, int]] = []
+    report = synthesize(out, 3, SECONDS, RES, SIZE, seed=SEED, progress=lambda done, total: calls.append((done, total)))
+    return out, report, calls
+
+
+def _frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def _rms(path: Path, num_frames: int) -> np.ndarray:
+    """Loudness of the file's own audio per video frame (frame k covers k/25 .. (k+1)/25 s)."""
+    audio = load_audio(path)
+    audio = np.pad(audio, (0, max(num_frames * HOP - len(audio), 0)))[: num_frames * HOP]
+    return np.sqrt(np.mean(audio.reshape(num_frames, HOP) ** 2, axis=1))
+
+
+def _lagged_corr(mouth: np.ndarray, loudness: np.ndarray, lag: int) -> float:
+    """Correlation of mouth[k + lag] with loudness[k]: a positive best lag means the mouth trails the sound."""
+    n = len(mouth)
+    if lag >= 0:
+        return float(np.corrcoef(mouth[lag:], loudness[: n - lag])[0, 1])
+    return float(np.corrcoef(mouth[:lag], loudness[-lag:])[0, 1])
+
+
+def test_both_forms_and_filelist(synth) -> None:
+    out, report, calls = synth
+    assert (report.written, report.skipped, report.dropped) == (3, 0, [])
+    assert calls[0] == (0, 3) and calls[-1] == (3, 3)
+    names = (out / "aligned" / "filelist.txt").read_text().splitlines()
+    assert names == [clip_name(i) for i in range(3)]
+    total = 0.0
+    for name in names:
+        raw, aligned = probe(out / "raw" / name), probe(out / "aligned" / name)
+        assert (raw.width, raw.height) == SIZE and raw.has_audio
+        assert (aligned.width, aligned.height) == (RES, RES) and aligned.source_fps == 25 and aligned.has_audio
+        assert aligned.num_frames == raw.num_frames
+        seconds = aligned.num_frames / 25
+        assert SECONDS[0] - 0.04 <= seconds <= SECONDS[1] + 0.04
+        with av.open(str(out / "aligned" / name)) as container:
+            stream = container.streams.audio[0]
+            assert (stream.sample_rate, stream.channels) == (16000, 1)
+            assert abs(float(stream.duration * stream.time_base) - seconds) <= 0.05
+        # Decoding yields whole 1024-sample AAC frames: the last one may run up to 64 ms past the stream's end.
+        assert 0 <= len(load_audio(out / "aligned" / name)) - seconds * 16000 < 1024
+        total += seconds
+    assert report.seconds == pytest.approx(total)
+
+
+def test_mouth_is_in_sync_with_the_audio(synth) -> None:
+    """Mouth darkness on the aligned crops vs the file's audio loudness, at lags -5..5 frames: peak at 0."""
+    out, _, _ = synth
+    for i in range(3):
+        path = out / "aligned" / clip_name(i)
+        frames = _frames(path).astype(np.float32).mean(axis=-1)
+        darkness = 255 - frames[:, MOUTH[0], MOUTH[1]].mean(axis=(1, 2))
+        loudness = _rms(path, len(frames))
+        corr = {lag: _lagged_corr(darkness, loudness, lag) for lag in range(-5, 6)}
+        best = max(corr, key=corr.get)
+        assert abs(best) <= 1, corr
+        assert corr[0] > 0.7, corr
+        assert corr[0] - max(corr[-4], corr[4]) > 0.2, corr
+
+
+def test_mouth_moves_and_the_rest_of_the_face_does_not(synth) -> None:
+    """Loudest frame vs the quietest one near it: the mouth region changes far more than the eye region."""
+    out, _, _ = synth
+    for i in range(3):
+        path = out / "aligned" / clip_name(i)
+        frames = _frames(path).astype(np.float32)
+        loudness = _rms(path, len(frames))
+        loud = int(np.argmax(loudness))
+        near = np.arange(max(loud - 25, 0), min(loud + 26, len(frames)))
+        quiet = int(near[np.argmin(loudness[near])])
+        diff = np.abs(frames[loud] - frames[quiet]).mean(axis=-1)
+        mouth, eyes = diff[MOUTH].mean(), diff[EYES].mean()
+        assert mouth > 15 and mouth > 5 * eyes, (i, loud, quiet, mouth, eyes)
+
+
+def test_same_seed_same_clip_and_resume(synth, tmp_path: Path) -> None:
+    out, _, _ = synth
+    again = synthesize(tmp_path, 1, SECONDS, RES, SIZE, seed=SEED)
+    assert again.written == 1
+    for form in ("raw", "aligned"):
+        first = _frames(out / form / clip_name(0))[0]
+        assert np.array_equal(_frames(tmp_path / form / clip_name(0))[0], first)
+
+    # A second run keeps finished clips; a clip with only one of its files, or a killed run's temporary
+    # file, is not finished.
+    kept = (tmp_path / "raw" / clip_name(0)).stat().st_mtime_ns
+    (tmp_path / "raw" / ".clip_0001.mp4.dead.part").write_bytes(b"half")
+    calls: list[tuple[int, int]] = []
+    resumed = synthesize(tmp_path, 1, SECONDS, RES, SIZE, seed=SEED, progress=lambda d, t: calls.append((d, t)))
+    assert (resumed.written, resumed.skipped, calls) == (0, 1, [(1, 1)])
+    assert (tmp_path / "raw" / clip_name(0)).stat().st_mtime_ns == kept
+    assert not list(tmp_path.glob("*/.*.part"))
+    (tmp_path / "aligned" / clip_name(0)).unlink()
+    redone = synthesize(tmp_path, 1, SECONDS, RES, SIZE, seed=SEED)
+    assert (redone.written, redone.skipped) == (1, 0)
+    assert np.array_equal(_frames(tmp_path / "aligned" / clip_name(0))[0], _frames(out / "aligned" / clip_name(0))[0])
+    assert (tmp_path / "aligned" / "filelist.txt").read_text() == f"{clip_name(0)}\n"
+
+
+def test_second_face_beside_the_speaker(tmp_path: Path) -> None:
+    report = synthesize(tmp_path, 1, (1.0, 1.0), RES, SIZE, other_faces=True, seed=3)
+    assert report.written == 1 and not report.dropped
+    assert probe(tmp_path / "aligned" / clip_name(0)).num_frames == 25
+
+
+def test_errors(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_synth_arguments(parser)
+    for argv, needle in [
+        (["--clips", "0"], "--clips"),
+        (["--clips", "1", "--seconds", "3", "2"], "--seconds"),
+        (["--clips", "1", "--resolution", "100"], "--resolution"),
+        (["--clips", "1", "--size", "640by360"], "--size"),
+        (["--clips", "1", "--size", "100x100"], "--size"),
+        (["--clips", "1", "--workers", "0"], "--workers"),
+    ]:
+        args = parser.parse_args([str(tmp_path / "out"), "-q", *argv])
+        with pytest.raises(ConfigError, match=needle):
+            run_synth(args)
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    for photo, needle in [(blank, "no face"), (tmp_path / "missing.png", "not found")]:
+        with pytest.raises(LatentSyncError, match=needle):
+            synthesize(tmp_path / "out", 1, photo=photo)
