@@ -3,7 +3,6 @@ mouth on the aligned crops opens and closes in sync with the speech on the same 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import av
@@ -12,8 +11,8 @@ import numpy as np
 import pytest
 
 from latentsync.audio.load import load_audio
-from latentsync.data.synth import SynthReport, add_synth_arguments, clip_name, run_synth, synthesize
-from latentsync.errors import ConfigError, LatentSyncError
+from latentsync.data.synth import SynthReport, clip_name, synthesize
+from latentsync.errors import LatentSyncError
 from latentsync.video.reader import probe
 
 SIZE = (320, 180)
@@ -138,9 +137,47 @@ def test_second_face_beside_the_speaker(tmp_path: Path) -> None:
     assert probe(tmp_path / "aligned" / clip_name(0)).num_frames == 25
 
 
-def test_errors(tmp_path: Path) -> None:
-    parser = argparse.ArgumentParser()
-    add_synth_arguments(parser)
+def test_a_lost_face_regenerates_the_clip_then_drops_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import latentsync.data.synth as synth_module
+
+    real = synth_module.FaceTracker
+    made: list[object] = []
+
+    class FirstAttemptBlind:
+        """The real tracker, except that the first clip attempt's tracker never sees a face."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.inner = real(*args, **kwargs)
+            made.append(self)
+
+        def __call__(self, frame: np.ndarray):
+            return None if self is made[0] else self.inner(frame)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.inner.close()
+
+    monkeypatch.setattr(synth_module, "FaceTracker", FirstAttemptBlind)
+    report = synthesize(tmp_path / "a", 1, (1.0, 1.0), RES, SIZE, seed=3)
+    assert (report.written, report.regenerated, len(made)) == (1, 1, 2)
+    assert "1 regenerated" in report.summary()
+
+    class Blind(FirstAttemptBlind):
+        def __call__(self, frame: np.ndarray):
+            return None
+
+    monkeypatch.setattr(synth_module, "FaceTracker", Blind)
+    report = synthesize(tmp_path / "b", 1, (1.0, 1.0), RES, SIZE, seed=3)
+    assert (report.written, report.dropped) == (0, [0]) and clip_name(0) in report.summary()
+    assert (tmp_path / "b" / "aligned" / "filelist.txt").read_text() == ""
+    assert not [f for f in (tmp_path / "b").rglob("*") if f.is_file() and f.name != "filelist.txt"]
+
+
+def test_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from latentsync.cli import main
+
     for argv, needle in [
         (["--clips", "0"], "--clips"),
         (["--clips", "1", "--seconds", "3", "2"], "--seconds"),
@@ -149,9 +186,9 @@ def test_errors(tmp_path: Path) -> None:
         (["--clips", "1", "--size", "100x100"], "--size"),
         (["--clips", "1", "--workers", "0"], "--workers"),
     ]:
-        args = parser.parse_args([str(tmp_path / "out"), "-q", *argv])
-        with pytest.raises(ConfigError, match=needle):
-            run_synth(args)
+        assert main(["data", "synth", str(tmp_path / "out"), "-q", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
     for photo, needle in [(blank, "no face"), (tmp_path / "missing.png", "not found")]:

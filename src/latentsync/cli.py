@@ -75,6 +75,39 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_synth_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `latentsync data synth` options; also sets `handler=run_synth` (the CLI's dispatch convention)."""
+    parser.add_argument("out", type=Path, help="output folder; raw/ and aligned/ are created inside")
+    parser.add_argument("--clips", type=int, required=True, help="number of clips (existing complete ones are kept)")
+    parser.add_argument(
+        "--seconds", type=float, nargs=2, metavar=("MIN", "MAX"), default=(4.0, 8.0),
+        help="clip length range in seconds (default 4 8)",
+    )  # fmt: skip
+    parser.add_argument("--resolution", type=int, default=128, help="side of the aligned face crops (default 128)")
+    parser.add_argument("--size", default="640x360", help="raw frame size WIDTHxHEIGHT (default 640x360)")
+    parser.add_argument("--photo", type=Path, help="face photo to animate (default: scikit-image's astronaut)")
+    parser.add_argument("--other-faces", action="store_true", help="put a second, silent person beside the speaker")
+    parser.add_argument("--seed", type=int, default=0, help="clip i is a function of (seed, i) (default 0)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    """Run `latentsync data synth` from parsed arguments and print the summary line."""
+    from latentsync.data.synth import parse_size, synthesize
+    from latentsync.pipeline.progress import progress_bar
+
+    size = parse_size(args.size)
+    with progress_bar("synth", unit="clip", quiet=args.quiet) as progress:
+        report = synthesize(
+            args.out, args.clips, tuple(args.seconds), args.resolution, size, args.photo, args.other_faces,
+            args.seed, args.workers, progress,
+        )  # fmt: skip
+    print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentsync", description="Lip-sync video to speech with LatentSync.")
     parser.add_argument("--version", action="version", version=f"latentsync {__version__}")
@@ -110,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18, visually lossless)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
+
+    data = sub.add_parser("data", help="training data: synthesis and processing").add_subparsers(dest="data_command", required=True)
+    _add_synth_arguments(data.add_parser("synth", help="synthetic talking-face clips (raw and aligned forms)"))
 
     download = sub.add_parser("download", help="fetch official weights from the Hugging Face hub")
     download.add_argument("--model", required=True, choices=["1.5", "1.6"])

@@ -20,7 +20,6 @@ so an interrupted run is continued by running the same command again.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import tempfile
@@ -67,13 +66,14 @@ class SynthReport:
 
     def summary(self) -> str:
         text = (
-            f"wrote {self.written} clips ({self.seconds:.1f} s of video) to {self.out_dir} in {self.wall_seconds:.1f} s; "
-            f"{self.skipped} already there"
+            f"wrote {self.written} clips ({self.seconds:.1f} s of video) to {self.out_dir} "
+            f"in {self.wall_seconds:.1f} s; {self.skipped} already there"
         )
         if self.regenerated:
             text += f"; {self.regenerated} regenerated after the tracker lost the face"
         if self.dropped:
-            text += f"; dropped (face lost in all {MAX_ATTEMPTS} attempts): {', '.join(clip_name(i) for i in self.dropped)}"
+            names = ", ".join(clip_name(i) for i in self.dropped)
+            text += f"; dropped (face lost in all {MAX_ATTEMPTS} attempts): {names}"
         return text
 
 
@@ -105,7 +105,7 @@ def _make_clip(job: _Job, animator: MouthAnimator) -> _Outcome:
     for attempt in range(MAX_ATTEMPTS):
         rng = np.random.default_rng([job.seed, job.index, attempt])
         num_frames = max(int(round(rng.uniform(*job.seconds) * FPS)), 1)
-        speech, _ = make_speech(rng, num_frames * SAMPLE_RATE // FPS)
+        speech = make_speech(rng, num_frames * SAMPLE_RATE // FPS)
         opening, roundness = mouth_track(speech, num_frames)
         # A faint noise floor, as in any recording; the mouth follows the clean speech.
         noise_rms = 10 ** (rng.uniform(-65, -50) / 20)
@@ -253,32 +253,3 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise ConfigError(f"--size expects WIDTHxHEIGHT, e.g. 640x360, got {text!r}")
     return int(parts[0]), int(parts[1])
-
-
-def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `latentsync data synth` options; also sets `handler=run_synth` (the CLI's dispatch convention)."""
-    parser.add_argument("out", type=Path, help="output folder; raw/ and aligned/ are created inside")
-    parser.add_argument("--clips", type=int, required=True, help="number of clips (existing complete ones are kept)")
-    parser.add_argument("--seconds", type=float, nargs=2, metavar=("MIN", "MAX"), default=(4.0, 8.0), help="clip length range (default 4 8)")
-    parser.add_argument("--resolution", type=int, default=128, help="side of the aligned face crops (default 128)")
-    parser.add_argument("--size", default="640x360", help="raw frame size WIDTHxHEIGHT (default 640x360)")
-    parser.add_argument("--photo", type=Path, help="face photo to animate (default: scikit-image's astronaut)")
-    parser.add_argument("--other-faces", action="store_true", help="put a second, silent person beside the speaker")
-    parser.add_argument("--seed", type=int, default=0, help="clip i is a function of (seed, i) (default 0)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=run_synth)
-
-
-def run_synth(args: argparse.Namespace) -> int:
-    """Run `latentsync data synth` from parsed arguments and print the summary line."""
-    from latentsync.pipeline.progress import progress_bar
-
-    size = parse_size(args.size)
-    with progress_bar("synth", unit="clip", quiet=args.quiet) as progress:
-        report = synthesize(
-            args.out, args.clips, tuple(args.seconds), args.resolution, size, args.photo, args.other_faces,
-            args.seed, args.workers, progress,
-        )  # fmt: skip
-    print(report.summary())
-    return 0

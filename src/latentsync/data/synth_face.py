@@ -3,10 +3,11 @@
 Why a warp of the photo and not a drawn cartoon: SyncNet and the U-Net are trained on these frames and then
 meet real faces, so everything except the mouth's motion should stay photographic (skin, lips, shading).
 
-How. mediapipe's 468 landmarks are found once on the photo and triangulated (Delaunay) together with two fixed
-rings of anchor points around the face and the photo's corners. A mouth state (opening, roundness) moves the
-landmarks; every triangle that moves is mapped back to its rest position with its own affine transform, which is
-continuous across shared edges, so the warp has no seams. The moves:
+How. mediapipe's 468 landmarks are found once on the photo. The mesh is mediapipe's own face triangulation,
+whose mouth is a hole (so no triangle ties the upper lip to the lower one), with that hole filled by a strip
+of triangles between the inner lip contours, and two fixed rings around the face (see `_mesh`). A mouth state
+(opening, roundness) moves the landmarks; every triangle that moves is mapped back to its rest position with
+its own affine transform, which is continuous across shared edges, so the warp has no seams. The moves:
 
 - inner lips: the mouth is rebuilt around the photo's own lip seam (the midline between the inner upper and
   lower lip contours), so the photo's resting expression does not matter (the astronaut smiles with her teeth
@@ -14,7 +15,7 @@ continuous across shared edges, so the warp has no seams. The moves:
   upper lip takes 10% of it upwards, the lower lip and jaw 90% downwards, as a jaw hinge does;
 - outer lips follow their inner partner, so the lips keep their thickness;
 - every other landmark follows a smooth field: below the seam it moves with the jaw (full at the chin, fading
-  towards the ears), above it with the upper lip (fading towards the nose); the anchors stay, so the neck and
+  towards the ears), above it with the upper lip (fading towards the nose); the rings stay, so the neck and
   cheeks stretch smoothly;
 - roundness pulls the lips towards the mouth's centre (rounded vowels are narrower).
 
@@ -26,11 +27,11 @@ closed lips, so every photo gets the same, clearly visible mouth interior.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.spatial import Delaunay
 
 from latentsync.errors import LatentSyncError, NoFaceError
 from latentsync.face.landmarks import FaceLandmarker
@@ -49,8 +50,9 @@ _LIPS = sorted(set(UPPER_OUTER + LOWER_OUTER + UPPER_INNER + LOWER_INNER))
 MAX_GAP = 0.36  # inner-lip gap at opening 1, as a fraction of the mouth's width (outer corners)
 UPPER_SHARE = 0.1  # how much of the gap the upper lip rises (the rest is the jaw dropping)
 CORNER_DROP = 0.15  # how far the mouth corners drop, as a fraction of the gap
+LIP_EDGE = 0.04  # how far outside mediapipe's inner-lip contour the lips are sampled, per mouth width
 ROUNDING = 0.18  # lateral shrink of the lips at roundness 1 and opening 1
-MAX_FACE_HEIGHT = 256  # larger photos are shrunk first: the frames never show the face bigger than this
+MAX_FACE_HEIGHT = 256  # px; larger photos are shrunk first (cheaper warps; 640x360 frames show faces <= 195 px)
 _CAVITY = np.array([62.0, 20.0, 26.0], np.float32)
 _TEETH = np.array([228.0, 222.0, 208.0], np.float32)
 _TONGUE = np.array([132.0, 52.0, 60.0], np.float32)
@@ -79,6 +81,37 @@ def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
+@lru_cache(maxsize=1)
+def _face_mesh() -> tuple[np.ndarray, tuple[int, ...]]:
+    """mediapipe's canonical face triangles ([F, 3] landmark indices) and its face-oval landmarks.
+
+    mediapipe ships the mesh as edges; its triangles are the edge triples that close (854 of them, Euler
+    characteristic 0: a disk with one hole, the mouth). Its mouth being a hole is what makes it the right
+    mesh here: no triangle joins the upper lip to the lower one.
+    """
+    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_FACE_OVAL, FACEMESH_TESSELATION
+
+    neighbours: dict[int, set[int]] = {}
+    for a, b in FACEMESH_TESSELATION:
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    triangles = [
+        (a, b, c) for a in neighbours for b in neighbours[a] if b > a for c in neighbours[a] & neighbours[b] if c > b
+    ]
+    oval = tuple(sorted({i for edge in FACEMESH_FACE_OVAL for i in edge}))
+    return np.array(triangles, np.int64), oval
+
+
+def _ladder(a: list[int], b: list[int], closed: bool = False) -> list[tuple[int, int, int]]:
+    """Triangles filling the strip between two vertex chains of equal length (index k faces index k)."""
+    steps = len(a) if closed else len(a) - 1
+    triangles = []
+    for k in range(steps):
+        k1 = (k + 1) % len(a)
+        triangles += [(a[k], a[k1], b[k1]), (a[k], b[k1], b[k])]
+    return [t for t in triangles if len(set(t)) == 3]
+
+
 class MouthAnimator:
     """A face photo whose mouth can be set to any (opening, roundness) in [0, 1]; see the module docstring."""
 
@@ -100,9 +133,13 @@ class MouthAnimator:
         x1, y1 = landmarks.max(axis=0)
         self.face_box = (float(x0), float(y0), float(x1), float(y1))
         self._frame_axes()
-        anchors = self._anchors()
-        self._points = np.concatenate([landmarks, anchors])
-        self._triangles = Delaunay(self._points).simplices
+        self._points, self._triangles = self._mesh()  # vertices (unmoved) and [T, 3] triangles
+        self._source = self._points.copy()  # where each vertex samples the photo
+        # mediapipe's inner-lip contour tends to sit a pixel or two inside the mouth; sampling the lips from a
+        # little further out keeps the photo's own teeth and dark gaps from showing on the lip edges.
+        edge = LIP_EDGE * self._mouth_width * self._down
+        self._source[list(UPPER_INNER[1:-1])] -= edge
+        self._source[list(LOWER_INNER[1:-1])] += edge
         self._moving, self._roi = self._moving_region()
         x0, y0, x1, y1 = self._roi
         self._grid = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
@@ -120,16 +157,26 @@ class MouthAnimator:
         self._half_face = 0.5 * float(np.linalg.norm(lm[_CHEEKS[1]] - lm[_CHEEKS[0]]))
         self._chin = max(float((lm[_CHIN] - self._centre) @ self._down), 1.0)
 
-    def _anchors(self) -> np.ndarray:
-        """Fixed points: two ellipses around the face (1.5x and 2.2x its half-size) and the photo's border."""
-        x0, y0, x1, y1 = self.face_box
-        centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
-        half = np.array([(x1 - x0) / 2, (y1 - y0) / 2])
-        angles = np.linspace(0, 2 * np.pi, 20, endpoint=False)
-        ring = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-        h, w = self.photo.shape[:2]
-        border = np.array([[0, 0], [w / 2, 0], [w - 1, 0], [w - 1, h / 2], [w - 1, h - 1], [w / 2, h - 1], [0, h - 1], [0, h / 2]])
-        return np.concatenate([centre + 1.5 * half * ring, centre + 2.2 * half * ring, border])
+    def _mesh(self) -> tuple[np.ndarray, np.ndarray]:
+        """Vertices and triangles covering the whole photo: the face mesh, its mouth hole, rings around it.
+
+        The mouth hole is filled with a ladder between the inner lip contours (these triangles are flat when
+        the lips meet and fill exactly the open mouth otherwise). Around the face two fixed rings, the face
+        oval scaled by 1.6 and 3 about its centre, are joined to the oval by ladders, so the jaw's movement
+        fades out across the neck and the background, and the outer ring lies well outside the moving area.
+        """
+        face, oval = _face_mesh()
+        centre = self.rest[list(oval)].mean(axis=0)
+        rel = self.rest[list(oval)] - centre
+        order = [oval[i] for i in np.argsort(np.arctan2(rel[:, 1], rel[:, 0]))]  # the oval, going round
+        n = len(self.rest)
+        rings = [centre + scale * (self.rest[order] - centre) for scale in (1.6, 3.0)]
+        inner_ring = list(range(n, n + len(order)))
+        outer_ring = list(range(n + len(order), n + 2 * len(order)))
+        triangles = [tuple(t) for t in face]
+        triangles += _ladder(list(UPPER_INNER), list(LOWER_INNER))
+        triangles += _ladder(order, inner_ring, closed=True) + _ladder(inner_ring, outer_ring, closed=True)
+        return np.concatenate([self.rest, *rings]), np.array(triangles, np.int64)
 
     def _local(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Points in the face's frame: (across, down) offsets from the mouth centre in pixels."""
@@ -174,7 +221,7 @@ class MouthAnimator:
 
         The extreme states bound all others: every move grows monotonically with opening and roundness.
         """
-        states = [np.zeros_like(self._points)]
+        states = [self._source - self._points]
         for opening in (0.0, 1.0):
             for roundness in (0.0, 1.0):
                 moved = np.zeros_like(self._points)
@@ -196,9 +243,9 @@ class MouthAnimator:
         dst = self._points.copy()
         dst[: len(moves)] += moves
         x0, y0, x1, y1 = self._roi
-        source = self._backward_maps(dst)
+        map_x, map_y = self._backward_maps(dst)
         out = self.photo.copy()
-        region = cv2.remap(self.photo, source[0], source[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        region = cv2.remap(self.photo, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         self._draw_mouth(region, dst[: len(moves)], opening)
         out[y0:y1, x0:x1] = region
         return out
@@ -206,7 +253,7 @@ class MouthAnimator:
     def _backward_maps(self, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each pixel of the region, where it comes from in the photo: its moved triangle's affine map."""
         x0, y0, x1, y1 = self._roi
-        src_tri = self._points[self._moving]  # [K, 3, 2]
+        src_tri = self._source[self._moving]  # [K, 3, 2]
         dst_tri = dst[self._moving]
         # affine[k] (3x2) maps [x, y, 1] in the moved triangle to the rest one; the last entry is the identity.
         # It is inverse([[x, y, 1] per moved vertex]) @ rest vertices, with the 3x3 inverse written out.
@@ -227,7 +274,9 @@ class MouthAnimator:
             cv2.fillConvexPoly(index, fixed[k], int(k), lineType=cv2.LINE_8, shift=_SUBPIXEL)
         a = affine[index].astype(np.float32)  # [h, w, 3, 2]
         gx, gy = self._grid
-        return gx * a[..., 0, 0] + gy * a[..., 1, 0] + a[..., 2, 0], gx * a[..., 0, 1] + gy * a[..., 1, 1] + a[..., 2, 1]
+        map_x = gx * a[..., 0, 0] + gy * a[..., 1, 0] + a[..., 2, 0]
+        map_y = gx * a[..., 0, 1] + gy * a[..., 1, 1] + a[..., 2, 1]
+        return map_x, map_y
 
     def _draw_mouth(self, region: np.ndarray, lm: np.ndarray, opening: float) -> None:
         """Replace the inside of the inner lips with a cavity, tongue and teeth; mark the lip line (in place).
@@ -264,7 +313,8 @@ class MouthAnimator:
         interior = cv2.GaussianBlur(interior, (3, 3), 0)
         region += self._coverage(size, np.concatenate([upper, lower[-2:0:-1]]) - offset) * (interior - region)
         line = np.zeros(size, np.uint8)
-        cv2.polylines(line, [self._fixed(upper - offset)], False, 255, 1, cv2.LINE_AA, _SUBPIXEL)
+        thickness = max(1, round(self._mouth_width / 45))  # also hides the photo's squeezed-shut teeth
+        cv2.polylines(line, [self._fixed(upper - offset)], False, 255, thickness, cv2.LINE_AA, _SUBPIXEL)
         region += 0.45 * (line.astype(np.float32) / 255)[:, :, None] * (_LIP_LINE - region)
 
     def _coverage(self, shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:

@@ -93,7 +93,6 @@ class Scene:
         fps: float = 25.0,
     ) -> None:
         self.animator = animator
-        self.size = size
         self._rng = rng
         width, height = size
         self._background = _background(rng, size)
@@ -101,20 +100,20 @@ class Scene:
         # Camera noise: one bank of Gaussian noise, a random window of it per frame (fresh-looking noise every
         # frame for the cost of an index, instead of drawing 0.7 M normals per 640x360 frame).
         sigma = rng.uniform(0.5, 4.0)
-        self._noise = np.rint(rng.normal(0, sigma, size=(height + _NOISE_MARGIN, width + _NOISE_MARGIN, 3))).astype(np.int16)
+        bank = (height + _NOISE_MARGIN, width + _NOISE_MARGIN, 3)
+        self._noise = np.rint(rng.normal(0, sigma, size=bank)).astype(np.int16)
         self._alpha = animator.head_alpha()
-        ys, xs = np.nonzero(self._alpha > 1e-3)
-        self._support = np.array([[xs.min(), ys.min()], [xs.max() + 1, ys.min()], [xs.min(), ys.max() + 1], [xs.max() + 1, ys.max() + 1]], np.float64)
+        ys, xs = np.nonzero(self._alpha > 1e-3)  # the cut-out's box in the photo, as 4 corners
+        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        self._support = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], np.float64)
         face_height = rng.uniform(0.36, 0.5) * height
-        if other_faces:
+        if other_faces:  # the speaker on one side, a smaller, silent person on the other
             side = 1 if rng.random() < 0.5 else -1
-            other_height = face_height * rng.uniform(0.65, 0.8)
-            still = animator.render(0.0)
-            other = _Person(
-                ((0.5 - side * rng.uniform(0.18, 0.24)) * width, rng.uniform(0.45, 0.55) * height), other_height,
-                bool(rng.random() < 0.5), _motion(rng, num_frames, size, fps), still,
-            )  # fmt: skip
             centre = ((0.5 + side * rng.uniform(0.18, 0.24)) * width, rng.uniform(0.45, 0.55) * height)
+            other_centre = ((0.5 - side * rng.uniform(0.18, 0.24)) * width, rng.uniform(0.45, 0.55) * height)
+            other_height = face_height * rng.uniform(0.65, 0.8)
+            motion = _motion(rng, num_frames, size, fps)
+            other = _Person(other_centre, other_height, bool(rng.random() < 0.5), motion, animator.render(0.0))
         else:
             other = None
             centre = (rng.uniform(0.38, 0.62) * width, rng.uniform(0.45, 0.55) * height)

@@ -14,7 +14,9 @@ an attack/release follower would lag the sound, and lag is exactly what this dat
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -48,7 +50,10 @@ _PLACES = (
     "near the river", "at the market", "in the garden", "behind the station", "on the hill", "by the harbour",
     "inside the library", "across the street", "at the old mill", "under the bridge", "in the attic",
 )  # fmt: skip
-_TIMES = ("this morning", "last night", "on Monday", "after lunch", "before the storm", "at noon", "in the evening", "yesterday")
+_TIMES = (
+    "this morning", "last night", "on Monday", "after lunch", "before the storm", "at noon", "in the evening",
+    "yesterday",
+)  # fmt: skip
 _OPENERS = ("Well,", "Honestly,", "Look,", "You know,", "Oh,", "So,", "Actually,", "Listen,")
 _EXCLAIMS = (
     "What a lovely day it is!", "Wow, that was fast!", "Oh no, the bus is late again!", "That is wonderful news!",
@@ -82,7 +87,7 @@ def random_sentence(rng: np.random.Generator) -> str:
 
 
 @lru_cache(maxsize=1)
-def _tts():  # type: ignore[no-untyped-def]
+def _tts() -> Any:
     """hibari-tts, loaded once per process (its voice ships in the wheel, so this works offline)."""
     from hibari import Hibari
 
@@ -92,20 +97,19 @@ def _tts():  # type: ignore[no-untyped-def]
 def speak(text: str, speed: float = 1.0, seed: int = 0) -> np.ndarray:
     """float32 mono speech at 16 kHz (hibari renders 24 kHz; 16 kHz is what the models listen to)."""
     wav = np.asarray(_tts()(text, speed=speed, seed=seed), dtype=np.float32)
-    return resample_poly(wav, SAMPLE_RATE // 8000, TTS_RATE // 8000).astype(np.float32)
+    common = math.gcd(SAMPLE_RATE, TTS_RATE)
+    return resample_poly(wav, SAMPLE_RATE // common, TTS_RATE // common).astype(np.float32)
 
 
-def make_speech(rng: np.random.Generator, num_samples: int) -> tuple[np.ndarray, list[str]]:
+def make_speech(rng: np.random.Generator, num_samples: int) -> np.ndarray:
     """Exactly `num_samples` of 16 kHz speech: random sentences, speeds and levels, with pauses between them.
 
     The last sentence is cut where the clip ends (with a 20 ms fade so the cut does not click).
     """
     out = np.zeros(num_samples, np.float32)
-    texts: list[str] = []
     position = int(rng.uniform(0.05, 0.6) * SAMPLE_RATE)
     while position < num_samples:
-        text = random_sentence(rng)
-        wav = speak(text, speed=float(rng.uniform(0.85, 1.15)), seed=int(rng.integers(2**31)))
+        wav = speak(random_sentence(rng), speed=float(rng.uniform(0.85, 1.15)), seed=int(rng.integers(2**31)))
         wav *= rng.uniform(0.5, 0.9) / max(float(np.abs(wav).max()), 1e-6)
         fits = min(len(wav), num_samples - position)
         piece = wav[:fits].copy()
@@ -113,10 +117,9 @@ def make_speech(rng: np.random.Generator, num_samples: int) -> tuple[np.ndarray,
             fade = min(fits, SAMPLE_RATE // 50)
             piece[fits - fade :] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
         out[position : position + fits] = piece
-        texts.append(text)
         pause = rng.uniform(0.7, 1.4) if rng.random() < 0.3 else rng.uniform(0.15, 0.6)
         position += len(wav) + int(pause * SAMPLE_RATE)
-    return out, texts
+    return out
 
 
 def _frames(speech: np.ndarray, num_frames: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,12 @@ from latentsync.models.syncnet import StableSyncNet, sync_loss, visual_input
 from latentsync.train.lpips import LPIPS
 
 # Upstream's `run:` keys for each weight.
-_RUN_KEYS = {"recon": "recon_loss_weight", "sync": "sync_loss_weight", "lpips": "perceptual_loss_weight", "trepa": "trepa_loss_weight"}
+_RUN_KEYS = {
+    "recon": "recon_loss_weight",
+    "sync": "sync_loss_weight",
+    "lpips": "perceptual_loss_weight",
+    "trepa": "trepa_loss_weight",
+}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from latentsync.errors import CheckpointError
@@ -77,15 +76,17 @@ class LPIPS(nn.Module):
         return out
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """a, b: [N, 3, H, W] in [-1, 1] -> [N]. Both go through the trunk in one batch (one weight pass)."""
+        """a, b: [N, 3, H, W] in [-1, 1] -> [N].
+
+        The two batches go through the trunk separately: the weights are frozen, so an input that needs no gradient
+        (the target) then records no graph, which halves the activation memory a joint batch would keep.
+        """
         if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 3:
-            raise ValueError(f"LPIPS needs two [N, 3, H, W] batches of one shape, got {list(a.shape)} and {list(b.shape)}")
+            raise ValueError(f"LPIPS needs two [N, 3, H, W] batches of one shape, got {list(a.shape)}, {list(b.shape)}")
         dtype = self.lins[0].weight.dtype
-        feats = self.taps(torch.cat([a, b]).to(dtype))
         total = a.new_zeros(a.shape[0], dtype=torch.float32)
-        for feat, lin in zip(feats, self.lins):
-            fa, fb = _unit_channels(feat).chunk(2)
-            total = total + lin((fa - fb) ** 2).mean(dim=(1, 2, 3)).float()
+        for fa, fb, lin in zip(self.taps(a.to(dtype)), self.taps(b.to(dtype)), self.lins):
+            total = total + lin((_unit_channels(fa) - _unit_channels(fb)) ** 2).mean(dim=(1, 2, 3)).float()
         return total
 
 
@@ -114,7 +115,8 @@ def load_lpips(
     Both load strict: a partly loaded perceptual loss would silently train towards the wrong target.
     """
     model = LPIPS()
-    features = {k[len("features.") :]: v for k, v in _read_state(vgg_weights_path, "VGG16").items() if k.startswith("features.")}
+    vgg = _read_state(vgg_weights_path, "VGG16")
+    features = {k[len("features.") :]: v for k, v in vgg.items() if k.startswith("features.")}
     _load_strict(model.features, features, vgg_weights_path, "a torchvision vgg16 state dict (features.N.weight/bias)")
     heads_path = lpips_heads_path() if heads_path is None else Path(heads_path)
     heads = {_head_key(k): v for k, v in _read_state(heads_path, "LPIPS heads").items()}
@@ -135,7 +137,7 @@ def _read_state(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated / foreign files
-        raise CheckpointError(f"cannot read {what} weights {path}: not a loadable torch file ({type(exc).__name__})") from None
+        raise CheckpointError(f"cannot read {what} weights {path}: not a torch file ({type(exc).__name__})") from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -147,9 +149,9 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: str
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [k for k, v in own.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
-        first = (missing + unexpected + wrong)[0]
+        first = (missing + unexpected + [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in wrong])[0]
         raise CheckpointError(
             f"{path} is not {expected}: {len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(wrong)} wrong shape (first: {first})"

@@ -194,9 +194,9 @@ def load_trepa(
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(state[k].shape)} vs {list(expected[k].shape)}" for k in expected if k in state and state[k].shape != expected[k].shape]
+    wrong = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
-        first = (missing + unexpected + wrong)[0]
+        first = (missing + unexpected + [f"{k} {list(state[k].shape)} vs {list(expected[k].shape)}" for k in wrong])[0]
         raise CheckpointError(
             f"VideoMAE-v2 weights {path} do not fit ViT dims (embed {dims.embed_dim}, depth {dims.depth}): "
             f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong shape (first: {first})"
@@ -212,23 +212,25 @@ def _read_videomae_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"VideoMAE-v2 weights not found: {path} (TREPA needs vit_g_hybrid_pt_1200e_ssv2_ft.pth)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        obj = _load_unmapped(path)
-    except Exception as exc:  # torch raises many types for truncated / foreign files
-        raise CheckpointError(f"cannot read VideoMAE-v2 weights {path}: not a loadable torch file ({type(exc).__name__})") from None
+        obj = _torch_load(path, mmap=True)
+    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped; a corrupt one fails again, unmapped
+        obj = _torch_load(path, mmap=False)
     if isinstance(obj, Mapping):
         obj = next((obj[k] for k in ("module", "model") if isinstance(obj.get(k), Mapping)), obj)
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"VideoMAE-v2 weights {path} hold no tensor state dict (expected one under 'module' or 'model')")
+        raise CheckpointError(f"VideoMAE-v2 weights {path} hold no tensor state dict under 'module' or 'model'")
     return dict(obj)
 
 
-def _load_unmapped(path: Path) -> object:
+def _torch_load(path: Path, mmap: bool) -> object:
+    """`torch.load` (tensors only); with `mmap` a RuntimeError passes through so the caller can retry unmapped."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
-        raise CheckpointError(f"cannot read VideoMAE-v2 weights {path}: not a loadable torch file ({type(exc).__name__})") from None
+        if mmap and isinstance(exc, RuntimeError):
+            raise
+        reason = type(exc).__name__
+        raise CheckpointError(f"cannot read VideoMAE-v2 weights {path}: not a torch file ({reason})") from None
 
 
 __all__ = ["ViTDims", "VideoMAEv2Features", "trepa_loss", "load_trepa", "sinusoid_table"]

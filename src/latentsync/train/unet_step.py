@@ -46,7 +46,7 @@ def training_rule(config: Mapping[str, Any]) -> str | list[str]:
         return "stage1"
     modules = config.get("run", {}).get("trainable_modules")
     if not modules:
-        raise ConfigError("a config with motion modules needs run.trainable_modules (e.g. [motion_modules., attentions.])")
+        raise ConfigError("a config with motion modules needs run.trainable_modules ([motion_modules., attentions.])")
     return [str(m) for m in modules]
 
 
@@ -58,7 +58,7 @@ def trainable_parameters(unet: nn.Module, stage: str | Sequence[str]) -> list[nn
     """
     if isinstance(stage, str):
         if stage not in STAGE_MODULES:
-            raise ConfigError(f"unknown training stage {stage!r}: use one of {sorted(STAGE_MODULES)} or a list of module names")
+            raise ConfigError(f"unknown training stage {stage!r}: use one of {sorted(STAGE_MODULES)} or module names")
         patterns = STAGE_MODULES[stage]
     else:
         patterns = tuple(stage)
@@ -77,7 +77,7 @@ class UNetTrainStep:
 
     batch: `frames` and `ref_frames` [B, F, 3, H, W] in [-1, 1], `audio` [B, F, 50, D] (Whisper tokens), and
     `mel` [B, 1, 80, T] when the sync loss is on. The U-Net's train/eval mode and autocast are the caller's.
-    With `pixel_space`, the VAE's gradient checkpointing is switched on (as upstream does).
+    When a pixel loss is on, the VAE's gradient checkpointing is switched on (as upstream does).
     """
 
     def __init__(
@@ -99,22 +99,23 @@ class UNetTrainStep:
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
         self.weights = weights
         self.syncnet, self.lpips, self.trepa = syncnet, lpips, trepa
-        self.pixel_space = pixel_space
         self.mixed_noise_alpha = mixed_noise_alpha
         self.syncnet_resolution = syncnet_resolution
         self.generator = generator
         mask = torch.from_numpy(np.array(mask, dtype=np.float32))  # a copy: load_mask's array is read-only
         if mask.ndim != 2 or mask.shape[0] != mask.shape[1] or mask.shape[0] % VAE_FACTOR:
-            raise ConfigError(f"mask must be square [res, res] with res a multiple of {VAE_FACTOR}, got {list(mask.shape)}")
+            raise ConfigError(f"mask must be [res, res] with res a multiple of {VAE_FACTOR}, got {list(mask.shape)}")
         self.pixel_mask = mask[None, None]  # [1, 1, res, res]
         size = mask.shape[0] // VAE_FACTOR
         self.latent_mask = F.interpolate(self.pixel_mask, size=(size, size)).unsqueeze(2)  # nearest, [1, 1, 1, h, w]
+        # Decode only when a pixel loss is on: the decode is most of a stage-2 step's memory and time.
+        self.decodes = pixel_space and max(weights.sync, weights.lpips, weights.trepa) > 0
         vae.requires_grad_(False)
-        if pixel_space:
+        if self.decodes:
             vae.enable_gradient_checkpointing()
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        device = self.unet.device
+        device = next(self.unet.parameters()).device  # also works when the U-Net is wrapped (DDP)
         frames = batch["frames"].to(device=device, dtype=torch.float32)
         b, f, _, h, w = frames.shape
         if (h, w) != tuple(self.pixel_mask.shape[-2:]):
@@ -133,7 +134,7 @@ class UNetTrainStep:
         eps = self.unet(sample, timesteps, batch["audio"].to(device))
 
         parts = {"mse": F.mse_loss(eps.float(), noise)}
-        if self.pixel_space:
+        if self.decodes:
             x0 = one_step_x0(self.scheduler.alphas_cumprod, eps, timesteps, noisy)
             pred = decode(self.vae, x0.transpose(1, 2).flatten(0, 1)).float().unflatten(0, (b, f))  # [B, F, 3, H, W]
             if self.weights.sync > 0:
@@ -170,7 +171,10 @@ def _check_losses(
     )
     for name, weight, model, what in terms:
         if weight > 0 and not pixel_space:
-            raise ConfigError(f"{name} loss weight {weight:g} needs pixel-space supervision (run.pixel_space_supervise) or set its weight to 0")
+            raise ConfigError(
+                f"{name} loss weight {weight:g} needs pixel-space supervision (run.pixel_space_supervise) "
+                "or set its weight to 0"
+            )
         if weight > 0 and model is None:
             raise ConfigError(f"{name} loss weight {weight:g} needs {what} or set its weight to 0")
     if weights.recon == 0 and not any(w > 0 for _, w, _, _ in terms):
