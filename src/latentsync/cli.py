@@ -108,6 +108,19 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from latentsync.train import loop
+
+    if args.train_command == "unet":
+        from latentsync.train.unet import train_unet as train
+    else:
+        from latentsync.train.syncnet import train_syncnet as train
+    path = train(args.config, loop.parse_overrides(args.overrides))
+    if loop.is_main():
+        print(f"final checkpoint {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentsync", description="Lip-sync video to speech with LatentSync.")
     parser.add_argument("--version", action="version", version=f"latentsync {__version__}")
@@ -146,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="training data: synthesis and processing").add_subparsers(dest="data_command", required=True)
     _add_synth_arguments(data.add_parser("synth", help="synthetic talking-face clips (raw and aligned forms)"))
+
+    train = sub.add_parser("train", help="train the U-Net or a SyncNet (torchrun for several GPUs)")
+    train_sub = train.add_subparsers(dest="train_command", required=True)
+    for name, packaged in [("unet", "unet_small, unet_stage1, unet_stage2, unet_stage2_efficient, unet_stage1_512, "
+                                    "unet_stage2_512"), ("syncnet", "syncnet_small, syncnet_16_pixel_attn")]:
+        p = train_sub.add_parser(name, help=f"train the {'U-Net' if name == 'unet' else 'SyncNet'}")
+        p.add_argument("config", help=f"training yaml, or a packaged one: {packaged}")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set data.root=data/aligned --set run.max_steps=500")
+        p.set_defaults(handler=_train)
 
     download = sub.add_parser("download", help="fetch official weights from the Hugging Face hub")
     download.add_argument("--model", required=True, choices=["1.5", "1.6"])
