@@ -27,6 +27,7 @@ def setup(tmp_path_factory) -> dict:
     config = {
         "model": str(CONFIGS / "unet_tiny.yaml"),
         "vae": str(vae),
+        "trainable": "stage1",
         "gradient_checkpointing": True,
         "data": {"root": str(d / "synth" / "aligned"), "val_filelist": "filelist.txt", "batch_size": 1,
                  "num_workers": 0, "samples_per_epoch": 4, "val_samples": 2},
@@ -46,6 +47,7 @@ def test_train_checkpoint_validate_and_resume(setup):
     run = setup["dir"] / "run"
     final = train_unet(setup["config"])
     assert read_checkpoint(final).global_step == 4
+    assert all(g > 0 for _, g in read_metrics(run / "metrics.csv")["grad_norm"])
     assert set(torch.load(final, weights_only=True)) == {"state_dict", "global_step"}  # upstream's layout
     metrics = read_metrics(run / "metrics.csv")
     assert [s for s, _ in metrics["mse"]] == [1, 2, 3, 4] and len(metrics["val_mse"]) == 2
@@ -56,6 +58,11 @@ def test_train_checkpoint_validate_and_resume(setup):
     final = train_unet(setup["config"], {"run.max_steps": 6})
     assert read_checkpoint(final).global_step == 6
     assert [s for s, _ in read_metrics(run / "metrics.csv")["mse"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_training_a_fresh_model_with_the_stage2_rule_is_refused(setup, tmp_path):
+    with pytest.raises(ConfigError, match="output layer is all zeros"):
+        train_unet(setup["config"], {"trainable": "stage2", "run.output_dir": str(tmp_path / "run")})
 
 
 def test_stage2_losses_without_weights_are_refused(setup, tmp_path):

@@ -88,6 +88,9 @@ class ValidationConfig:
 class UNetTrainConfig:
     model: Any = "stage2_512"  # a U-Net preset, a yaml path, or an inline upstream config (model/data/run)
     vae: str = ""  # diffusers VAE folder or file (frozen)
+    # What trains: null = upstream's rule for the model (everything without motion modules, else the model yaml's
+    # run.trainable_modules), or stage1 (everything) | stage2 | stage2_efficient | a list of name substrings.
+    trainable: Any = None
     gradient_checkpointing: bool = True
     data: UNetDataConfig = field(default_factory=UNetDataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -135,7 +138,10 @@ def _train(cfg: UNetTrainConfig, unet_yaml: dict, env: loop.Distributed) -> Path
         log.info("initialised from %s (%d missing, %d unexpected)", init, len(report.missing), len(report.unexpected))
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    params = trainable_parameters(unet, training_rule(unet_yaml))
+    params = trainable_parameters(unet, cfg.trainable or training_rule(unet_yaml))
+    if not unet.conv_out.weight.requires_grad and not unet.conv_out.weight.any():
+        raise ConfigError("the U-Net's output layer is all zeros (a fresh model) and not trained, so no gradient can "
+                          "flow: train everything first (trainable: stage1, or init_from a trained model)")
     model: nn.Module = unet
     if env.world_size > 1:
         model = nn.parallel.DistributedDataParallel(unet, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
