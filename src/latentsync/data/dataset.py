@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 from latentsync.audio.features import audio_features, frame_windows
 from latentsync.audio.load import load_audio
 from latentsync.audio.mel import mel_window_length, mel_window_start, melspectrogram
-from latentsync.errors import ConfigError, VideoError
+from latentsync.errors import CheckpointError, ConfigError, LatentSyncError, VideoError
+from latentsync.pipeline.progress import progress_bar
 from latentsync.video.reader import VideoFrames, probe
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,8 @@ def read_filelist(root: str | os.PathLike, filelist: str | os.PathLike) -> list[
     listing = Path(filelist) if Path(filelist).is_absolute() else root / filelist
     if not listing.is_file():
         raise ConfigError(f"filelist not found: {listing}")
-    lines = [line.strip() for line in listing.read_text().splitlines()]
-    clips = [Path(line) if Path(line).is_absolute() else root / line for line in lines if line and not line.startswith("#")]
+    names = [line.strip() for line in listing.read_text().splitlines()]
+    clips = [root / name for name in names if name and not name.startswith("#")]  # an absolute name stays absolute
     if not clips:
         raise ConfigError(f"filelist {listing} lists no clips")
     missing = [c for c in clips if not c.is_file()]
@@ -98,12 +99,13 @@ def encoder_key(encoder_path: str | os.PathLike | None) -> str:
         return "mel"
     path = Path(encoder_path)
     if not path.is_file():
-        raise ConfigError(f"Whisper checkpoint not found: {path}")
+        raise CheckpointError(f"Whisper checkpoint not found: {path}")
     return _file_key(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
 def _file_key(path: str, size: int, mtime_ns: int) -> str:
+    """Hash once per process; size and mtime are only part of the memo key, so a replaced file is hashed anew."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -157,8 +159,12 @@ class AudioCache:
                 "mel_frames": str(info.mel_frames), "size": str(info.size)}
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")  # per process: workers may race on a clip
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, cache)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, cache)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return info
 
     def _whisper(self) -> torch.nn.Module:
@@ -187,8 +193,11 @@ class _CacheJobs(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, index: int) -> ClipInfo:
-        return self.cache.info(self.clips[index])
+    def __getitem__(self, index: int) -> ClipInfo | LatentSyncError:
+        try:
+            return self.cache.info(self.clips[index])
+        except LatentSyncError as exc:  # returned, and raised by the main process: one line, not a worker traceback
+            return exc
 
 
 def prepare_cache(
@@ -202,20 +211,20 @@ def prepare_cache(
 
     Entries already present cost one header read. `workers` > 0 computes missing ones in that many processes.
     """
-    from latentsync.pipeline.progress import progress_bar
-
     cache = AudioCache(root, encoder_path)
     jobs = _CacheJobs(cache, read_filelist(root, filelist))
     loader = DataLoader(jobs, batch_size=None, num_workers=workers, collate_fn=_as_is)
     infos: list[ClipInfo] = []
     with progress_bar(f"audio cache ({cache.key})", unit="clip", quiet=quiet) as progress:
         for info in loader:
+            if isinstance(info, LatentSyncError):
+                raise info
             infos.append(info)
             progress(len(infos), len(jobs))
     return infos
 
 
-def _as_is(info: ClipInfo) -> ClipInfo:
+def _as_is(info: ClipInfo | LatentSyncError) -> ClipInfo | LatentSyncError:
     return info
 
 
@@ -261,17 +270,19 @@ class _ClipDataset(Dataset):
         self.epoch = epoch
 
     def _rng(self, index: int) -> np.random.Generator:
+        """Seeded by (seed, epoch, index): the same item whichever worker makes it, new items each epoch."""
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def _two_windows(self, rng: np.random.Generator) -> tuple[ClipInfo, int, int]:
-        """A random clip, a window start and another start at least num_frames away (both uniformly drawn)."""
+        """A random clip and two window starts at least num_frames apart, each uniform over what is possible.
+
+        In a clip with fewer than 2 * num_frames possible starts, the middle ones have no partner and are not drawn.
+        """
         clip = self.clips[int(rng.integers(len(self.clips)))]
         last, f = clip.max_start(self.num_frames), self.num_frames
-        start = int(rng.integers(last + 1))
-        before = max(0, start - f + 1)  # starts 0 .. start-f
-        after = max(0, last - (start + f) + 1)  # starts start+f .. last
-        k = int(rng.integers(before + after))
-        return clip, start, k if k < before else start + f + (k - before)
+        starts = np.arange(last + 1)
+        start = int(rng.choice(starts[(starts >= f) | (starts <= last - f)]))
+        return clip, start, int(rng.choice(starts[np.abs(starts - start) >= f]))
 
     def _frames(self, clip: ClipInfo, start: int) -> torch.Tensor:
         """Frames start .. start+F-1 as [F, 3, res, res] floats in [-1, 1]."""
@@ -327,6 +338,7 @@ class SyncNetDataset(_ClipDataset):
         super().__init__(root, filelist, resolution, num_frames, 2 * num_frames, encoder_path, samples_per_epoch, seed)
 
     def sample(self, index: int) -> SyncSample:
+        """Which windows item `index` pairs (no decoding), so the sampling rules can be checked directly."""
         rng = self._rng(index)
         clip, start, other = self._two_windows(rng)
         positive = bool(rng.random() < 0.5)
@@ -334,7 +346,8 @@ class SyncNetDataset(_ClipDataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         s = self.sample(index)
-        return {"frames": self._frames(s.clip, s.start), "mel": self._mel(s.clip, s.audio_start), "y": torch.tensor(s.y)}
+        frames, mel = self._frames(s.clip, s.start), self._mel(s.clip, s.audio_start)
+        return {"frames": frames, "mel": mel, "y": torch.tensor(s.y)}
 
 
 class UNetDataset(_ClipDataset):

@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -51,6 +51,13 @@ class RunConfig:
     seed: int = 1247
     device: str = "auto"  # auto | cpu | cuda
     output_dir: str = "runs/train"
+
+    def __post_init__(self) -> None:
+        for name in ("val_every", "ckpt_every", "log_every", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"run.{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps < 0:
+            raise ConfigError(f"run.max_steps must not be negative, got {self.max_steps}")
 
 
 @dataclass
@@ -103,7 +110,7 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 def _build(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"config section {where or '(top)'} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config section {where.rstrip('.') or '(top)'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -140,6 +147,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 @dataclass(frozen=True)
 class Distributed:
+    """This process's place in the run and the device it trains on."""
+
     rank: int
     world_size: int
     local_rank: int
@@ -273,7 +282,8 @@ class Checkpointer:
 
     def save(self, step: int, model: nn.Module, stepper: Stepper) -> Path:
         """Collective under DDP (every rank's RNG state is gathered); only the main rank writes."""
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if stepper.device.type == "cuda" else None}
+        cuda = stepper.device.type == "cuda"
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}
         states = [rng]
         if dist.is_initialized():
             states = [None] * dist.get_world_size()
@@ -345,7 +355,9 @@ class MetricsLog:
     (seconds of training) continues from the last kept row.
     """
 
-    def __init__(self, path: str | os.PathLike, fields: Sequence[str], resume_step: int = 0, enabled: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike, fields: Sequence[str], resume_step: int = 0, enabled: bool = True
+    ) -> None:
         self.path, self.enabled = Path(path), enabled
         self.columns = ["step", "time", *fields]
         self.offset = 0.0
@@ -399,7 +411,7 @@ def plot_curves(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Pat
         panels.setdefault(name.removeprefix("val_"), []).append(name)
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4 * max(1, len(panels)), 3), squeeze=False)
     for ax, (title, names) in zip(axes[0], panels.items()):
-        for name in names:
+        for name in sorted(names, key=lambda n: n.startswith("val_")):  # training first: same colours everywhere
             steps, values = zip(*series[name])
             ax.plot(steps, values, marker="o" if len(steps) < 30 else None, label=name)
         ax.set_title(title)
@@ -412,7 +424,7 @@ def plot_curves(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Pat
     return png_path
 
 
-def endless(loader: Any, dataset: Any, current_step: Any) -> Iterator[Any]:
+def endless(loader: Iterable[T], dataset: Any, current_step: Callable[[], int]) -> Iterator[T]:
     """Cycle through a DataLoader forever; each pass calls `dataset.set_epoch(current_step())` first.
 
     Seeding a pass by the step it starts at gives every pass new samples, and a run resumed at a pass

@@ -65,7 +65,7 @@ class SyncNetTrainConfig:
 def train_syncnet(config_path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Path:
     """Train (or resume) from a training YAML; returns the final checkpoint. Run under torchrun for DDP."""
     cfg = loop.load_config(SyncNetTrainConfig, resolve_config(config_path), overrides)
-    model_yaml = _model_yaml(cfg)
+    model_yaml = syncnet_yaml(cfg)
     owns_group = not torch.distributed.is_initialized()
     env = loop.setup_distributed(cfg.run.device, cfg.run.seed)
     try:
@@ -103,7 +103,8 @@ def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> 
 
     model: nn.Module = StableSyncNet(SyncNetConfig.from_dict(model_yaml)).to(env.device)
     if env.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+        device_ids = [env.local_rank] if env.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
     stepper = loop.Stepper(model, optimizer, env.device, run.mixed_precision, run.grad_accum, run.grad_clip)
     checkpoints = loop.Checkpointer(out / "checkpoints", run.keep_last)
@@ -185,7 +186,7 @@ def resolve_config(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
-def _model_yaml(cfg: SyncNetTrainConfig) -> dict:
+def syncnet_yaml(cfg: SyncNetTrainConfig) -> dict:
     """The upstream-format SyncNet yaml for this run, checked against the data settings.
 
     A forward pass on the meta device (free) catches a visual encoder that does not take 3 * num_frames
