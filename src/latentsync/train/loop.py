@@ -180,6 +180,26 @@ def setup_distributed(device: str = "auto", seed: int | None = None) -> Distribu
     return Distributed(rank, world, local, torch.device("cuda", local) if use_cuda else torch.device("cpu"))
 
 
+def distributed_run(run: "RunConfig", train: Callable[[Distributed], T]) -> T:
+    """Set up the process group (when torchrun started several processes), call `train(env)`, tear it down.
+
+    A group that already existed (a caller's) is left alone, so trainers can also run inside a larger program.
+    """
+    owns_group = not dist.is_initialized()
+    env = setup_distributed(run.device, run.seed)
+    try:
+        return train(env)
+    finally:
+        if owns_group:
+            cleanup()
+
+
+def accumulate(sums: dict[str, float], **values: float) -> None:
+    """Add `values` into running sums (averaged and logged every `run.log_every` steps)."""
+    for key, value in values.items():
+        sums[key] = sums.get(key, 0.0) + value
+
+
 def is_main() -> bool:
     """Rank 0, also before the process group is set up or after it is gone (then from torchrun's RANK)."""
     return dist.get_rank() == 0 if dist.is_initialized() else int(os.environ.get("RANK", 0)) == 0

@@ -66,13 +66,7 @@ def train_syncnet(config_path: str | os.PathLike, overrides: Mapping[str, Any] |
     """Train (or resume) from a training YAML; returns the final checkpoint. Run under torchrun for DDP."""
     cfg = loop.load_config(SyncNetTrainConfig, resolve_config(config_path), overrides)
     model_yaml = syncnet_yaml(cfg)
-    owns_group = not torch.distributed.is_initialized()
-    env = loop.setup_distributed(cfg.run.device, cfg.run.seed)
-    try:
-        return _train(cfg, model_yaml, env)
-    finally:
-        if owns_group:
-            loop.cleanup()
+    return loop.distributed_run(cfg.run, lambda env: _train(cfg, model_yaml, env))
 
 
 def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> Path:
@@ -123,8 +117,8 @@ def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> 
             for _ in range(run.grad_accum):
                 loss, correct = _loss(model, next(batches), stepper)
                 stepper.backward(loss)
-                _add(sums, loss=loss.item() / run.grad_accum, acc=correct / run.grad_accum)
-            _add(sums, grad_norm=stepper.step(), lr=optimizer.param_groups[0]["lr"], n=1)
+                loop.accumulate(sums, loss=loss.item() / run.grad_accum, acc=correct / run.grad_accum)
+            loop.accumulate(sums, grad_norm=stepper.step(), lr=optimizer.param_groups[0]["lr"], n=1)
             step += 1
             if step % run.log_every == 0 or step == run.max_steps:
                 n = sums.pop("n")
@@ -171,10 +165,6 @@ def _validate(model: nn.Module, loader: DataLoader, stepper: loop.Stepper) -> di
     model.train()
     return {"val_loss": total_loss / count, "val_acc": total_correct / count}
 
-
-def _add(sums: dict[str, float], **values: float) -> None:
-    for key, value in values.items():
-        sums[key] = sums.get(key, 0.0) + value
 
 
 def resolve_config(name_or_path: str | os.PathLike) -> Path:

@@ -104,13 +104,7 @@ def train_unet(config_path: str | os.PathLike, overrides: Mapping[str, Any] | No
     """Train (or resume) from a training YAML; returns the final checkpoint. Run under torchrun for DDP."""
     cfg = loop.load_config(UNetTrainConfig, resolve_config(config_path), overrides)
     unet_yaml = load_unet_yaml(cfg.model) if isinstance(cfg.model, str) else dict(cfg.model)
-    owns_group = not torch.distributed.is_initialized()
-    env = loop.setup_distributed(cfg.run.device, cfg.run.seed)
-    try:
-        return _train(cfg, unet_yaml, env)
-    finally:
-        if owns_group:
-            loop.cleanup()
+    return loop.distributed_run(cfg.run, lambda env: _train(cfg, unet_yaml, env))
 
 
 def _train(cfg: UNetTrainConfig, unet_yaml: dict, env: loop.Distributed) -> Path:
@@ -174,8 +168,8 @@ def _train(cfg: UNetTrainConfig, unet_yaml: dict, env: loop.Distributed) -> Path
                 with stepper.autocast():
                     loss, parts = train_step(next(batches))
                 stepper.backward(loss)
-                _add(sums, **{k: v / run.grad_accum for k, v in parts.items()})
-            _add(sums, grad_norm=stepper.step(), lr=optimizer.param_groups[0]["lr"], n=1)
+                loop.accumulate(sums, **{k: v / run.grad_accum for k, v in parts.items()})
+            loop.accumulate(sums, grad_norm=stepper.step(), lr=optimizer.param_groups[0]["lr"], n=1)
             step += 1
             if step % run.log_every == 0 or step == run.max_steps:
                 n = sums.pop("n")
@@ -286,7 +280,3 @@ def _whisper_path(value: str) -> Path:
         raise ConfigError(f"data.whisper: unknown builtin {value!r} (known: {BUILTIN_WHISPER})")
     return Path(value)
 
-
-def _add(sums: dict[str, float], **values: float) -> None:
-    for key, value in values.items():
-        sums[key] = sums.get(key, 0.0) + value
