@@ -113,6 +113,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.train_command == "unet":
         from latentsync.train.unet import train_unet as train
+    elif args.train_command == "vae":
+        from latentsync.train.vae import train_vae as train
     else:
         from latentsync.train.syncnet import train_syncnet as train
     path = train(args.config, loop.parse_overrides(args.overrides))
@@ -160,11 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="training data: synthesis and processing").add_subparsers(dest="data_command", required=True)
     _add_synth_arguments(data.add_parser("synth", help="synthetic talking-face clips (raw and aligned forms)"))
 
-    train = sub.add_parser("train", help="train the U-Net or a SyncNet (torchrun for several GPUs)")
+    train = sub.add_parser("train", help="train the U-Net, a SyncNet or a small VAE (torchrun for several GPUs)")
     train_sub = train.add_subparsers(dest="train_command", required=True)
     for name, packaged in [("unet", "unet_small, unet_stage1, unet_stage2, unet_stage2_efficient, unet_stage1_512, "
-                                    "unet_stage2_512"), ("syncnet", "syncnet_small, syncnet_16_pixel_attn")]:
-        p = train_sub.add_parser(name, help=f"train the {'U-Net' if name == 'unet' else 'SyncNet'}")
+                                    "unet_stage2_512"), ("syncnet", "syncnet_small, syncnet_16_pixel_attn"),
+                          ("vae", "vae_small")]:
+        p = train_sub.add_parser(name, help=f"train the {dict(unet='U-Net', syncnet='SyncNet', vae='VAE')[name]}")
         p.add_argument("config", help=f"training yaml, or a packaged one: {packaged}")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set data.root=data/aligned --set run.max_steps=500")
