@@ -82,6 +82,25 @@ def save_checkpoint(
     return path
 
 
+def check_fits(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise one `CheckpointError` line, "<what>: 2 missing (a, b); 1 wrong shape (c [3] vs model [4])", when the
+    keys or shapes of `found` differ from `expected`; a strict load after this cannot fail."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [
+        f"{k} {list(found[k].shape)} vs model {list(expected[k].shape)}"
+        for k in expected
+        if k in found and found[k].shape != expected[k].shape
+    ]
+    problems = [
+        f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"{what}: {'; '.join(problems)}")
+
+
 def _read_safetensors(path: Path, map_location: str | torch.device) -> CheckpointFile:
     from safetensors import SafetensorError, safe_open
 

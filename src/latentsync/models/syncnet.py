@@ -18,8 +18,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from latentsync.errors import CheckpointError, ConfigError
-from latentsync.models.checkpoint import read_checkpoint
+from latentsync.errors import ConfigError
+from latentsync.models.checkpoint import check_fits, read_checkpoint
 from latentsync.models.layers import FeedForward
 from latentsync.paths import CONFIG_DIR
 
@@ -294,28 +294,10 @@ def load_syncnet(
     state = read_checkpoint(weights_path).state_dict
     with torch.device("meta"):
         model = StableSyncNet(config)
-    _check_fits(model.state_dict(), state, weights_path)
+    check_fits(model.state_dict(), state, f"SyncNet weights {weights_path} do not fit the config")
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
-
-
-def _check_fits(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], path: Any) -> None:
-    """Raise one line naming the first few offending keys of each kind."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [
-        f"{k} {list(found[k].shape)} vs model {list(expected[k].shape)}"
-        for k in expected
-        if k in found and found[k].shape != expected[k].shape
-    ]
-    problems = [
-        f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-        if keys
-    ]
-    if problems:
-        raise CheckpointError(f"SyncNet weights {path} do not fit the config: {'; '.join(problems)}")
 
 
 __all__: Sequence[str] = (

@@ -20,6 +20,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, S
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 import yaml
 from torch import nn
 
@@ -192,6 +193,17 @@ def distributed_run(run: "RunConfig", train: Callable[[Distributed], T]) -> T:
     finally:
         if owns_group:
             cleanup()
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, env: Distributed) -> DataLoader:
+    """Training batches for this process: under DDP each rank draws its own share of the epoch's samples; a
+    partial last batch is dropped so every rank takes the same number of steps."""
+    sampler = DistributedSampler(dataset, shuffle=False, drop_last=True) if env.world_size > 1 else None
+    loader = DataLoader(dataset, batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
+                        pin_memory=env.device.type == "cuda")
+    if len(loader) == 0:
+        raise ConfigError(f"data.samples_per_epoch {len(dataset)} is less than one batch of {batch_size} per process")
+    return loader
 
 
 def accumulate(sums: dict[str, float], **values: float) -> None:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from latentsync.errors import CheckpointError
+from latentsync.models.checkpoint import check_fits
 
 # torchvision's vgg16 "D" configuration: channels per conv, "M" = 2x2 max-pool.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -143,17 +144,6 @@ def _read_state(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{what} weights {path} are not a tensor state dict")
     return dict(state)
-
-
 def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike, expected: str) -> None:
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k, v in own.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        first = (missing + unexpected + [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in wrong])[0]
-        raise CheckpointError(
-            f"{path} is not {expected}: {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(wrong)} wrong shape (first: {first})"
-        )
+    check_fits(module.state_dict(), state, f"{path} is not {expected}")
     module.load_state_dict(state, strict=True)

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from latentsync.audio.mel import mel_window_length
 from latentsync.data.dataset import SyncNetDataset, prepare_cache
@@ -84,11 +84,7 @@ def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> 
 
     train_set = SyncNetDataset(data.root, data.filelist, data.resolution, data.num_frames,
                                data.samples_per_epoch, seed=run.seed)
-    sampler = DistributedSampler(train_set, shuffle=False, drop_last=True) if env.world_size > 1 else None
-    loader = DataLoader(train_set, data.batch_size, sampler=sampler, num_workers=data.num_workers,
-                        drop_last=True, pin_memory=env.device.type == "cuda")
-    if len(loader) == 0:
-        raise ConfigError(f"data.samples_per_epoch {data.samples_per_epoch} is less than one batch per process")
+    loader = loop.make_loader(train_set, data.batch_size, data.num_workers, env)
     val_loader = None
     if data.val_filelist and env.main:
         val_set = SyncNetDataset(data.root, data.val_filelist, data.resolution, data.num_frames,

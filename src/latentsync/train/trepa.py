@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from latentsync.errors import CheckpointError
+from latentsync.models.checkpoint import check_fits
 
 LN_EPS = 1e-6
 IGNORED_PREFIXES = ("head.",)
@@ -191,16 +192,8 @@ def load_trepa(
     state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
     with torch.device("meta"):
         model = VideoMAEv2Features(dims)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        first = (missing + unexpected + [f"{k} {list(state[k].shape)} vs {list(expected[k].shape)}" for k in wrong])[0]
-        raise CheckpointError(
-            f"VideoMAE-v2 weights {path} do not fit ViT dims (embed {dims.embed_dim}, depth {dims.depth}): "
-            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong shape (first: {first})"
-        )
+    check_fits(model.state_dict(), state,
+               f"VideoMAE-v2 weights {path} do not fit ViT dims (embed {dims.embed_dim}, depth {dims.depth})")
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
     # The buffer was created on meta; rebuild it (in float32 maths) where the weights now live.
     model.pos_embed = sinusoid_table(dims.num_patches, dims.embed_dim).to(device=device, dtype=dtype)

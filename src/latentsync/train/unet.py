@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from latentsync.data.dataset import UNetDataset, prepare_cache
 from latentsync.errors import ConfigError
@@ -145,11 +145,7 @@ def _train(cfg: UNetTrainConfig, unet_yaml: dict, env: loop.Distributed) -> Path
 
     train_set = UNetDataset(data.root, data.filelist, resolution, data.num_frames, encoder_path=whisper,
                             samples_per_epoch=data.samples_per_epoch, seed=run.seed)
-    sampler = DistributedSampler(train_set, shuffle=False, drop_last=True) if env.world_size > 1 else None
-    loader = DataLoader(train_set, data.batch_size, sampler=sampler, num_workers=data.num_workers, drop_last=True,
-                        pin_memory=env.device.type == "cuda")
-    if len(loader) == 0:
-        raise ConfigError(f"data.samples_per_epoch {data.samples_per_epoch} is less than one batch per process")
+    loader = loop.make_loader(train_set, data.batch_size, data.num_workers, env)
     val_loader = None
     if data.val_filelist and env.main:
         val_set = UNetDataset(data.root, data.val_filelist, resolution, data.num_frames, encoder_path=whisper,

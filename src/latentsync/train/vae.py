@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import yaml
 from diffusers import AutoencoderKL
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from latentsync.data.dataset import read_filelist
 from latentsync.errors import ConfigError, VideoError
@@ -198,11 +198,7 @@ def _train(cfg: VaeTrainConfig, env: loop.Distributed) -> Path:
     out = Path(run.output_dir)
     train_set = FrameDataset(data.root, data.filelist, data.resolution, data.samples_per_epoch, run.seed,
                              crop=data.crop, flip=data.flip)
-    sampler = DistributedSampler(train_set, shuffle=False, drop_last=True) if env.world_size > 1 else None
-    loader = DataLoader(train_set, data.batch_size, sampler=sampler, num_workers=data.num_workers, drop_last=True,
-                        pin_memory=env.device.type == "cuda")
-    if len(loader) == 0:
-        raise ConfigError(f"data.samples_per_epoch {data.samples_per_epoch} is less than one batch per process")
+    loader = loop.make_loader(train_set, data.batch_size, data.num_workers, env)
     val_frames = None
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
