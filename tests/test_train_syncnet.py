@@ -20,11 +20,10 @@ from latentsync.data.dataset import SyncNetDataset
 from latentsync.errors import ConfigError, DeviceError
 from latentsync.models.checkpoint import read_checkpoint
 from latentsync.models.syncnet import load_syncnet, sync_probability, visual_input
-from latentsync.train.loop import load_config
+from latentsync.train.loop import load_config, resolve_config
 from latentsync.train.syncnet import (
     SyncNetTrainConfig,
     add_train_syncnet_arguments,
-    resolve_config,
     run_train_syncnet,
     syncnet_yaml,
     train_syncnet,

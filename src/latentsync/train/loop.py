@@ -26,6 +26,7 @@ from torch import nn
 
 from latentsync.errors import CheckpointError, ConfigError, DeviceError
 from latentsync.models.checkpoint import read_checkpoint, save_checkpoint
+from latentsync.paths import CONFIG_DIR
 
 T = TypeVar("T")
 
@@ -91,6 +92,15 @@ def load_config(cls: type[T], path: str | os.PathLike, overrides: Mapping[str, A
                 raise ConfigError(f"override {key}: {part} is not a section")
         node[leaf] = yaml.safe_load(value) if isinstance(value, str) else value
     return _build(cls, data, "")
+
+
+def resolve_config(name_or_path: str | os.PathLike) -> Path:
+    """A config path, or the name of a packaged one (`syncnet_small` -> configs/train/syncnet_small.yaml)."""
+    path = Path(name_or_path)
+    packaged = CONFIG_DIR / "train" / f"{name_or_path}.yaml"
+    if not path.is_file() and path.suffix == "" and packaged.is_file():
+        return packaged
+    return path
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:

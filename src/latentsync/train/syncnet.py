@@ -31,7 +31,6 @@ from latentsync.audio.mel import mel_window_length
 from latentsync.data.dataset import SyncNetDataset, prepare_cache
 from latentsync.errors import ConfigError
 from latentsync.models.syncnet import StableSyncNet, SyncNetConfig, load_syncnet_yaml, sync_probability, visual_input
-from latentsync.paths import CONFIG_DIR
 from latentsync.pipeline.progress import progress_bar
 from latentsync.train import loop
 from latentsync.train.loop import CkptConfig, OptimizerConfig, RunConfig
@@ -64,7 +63,7 @@ class SyncNetTrainConfig:
 
 def train_syncnet(config_path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Path:
     """Train (or resume) from a training YAML; returns the final checkpoint. Run under torchrun for DDP."""
-    cfg = loop.load_config(SyncNetTrainConfig, resolve_config(config_path), overrides)
+    cfg = loop.load_config(SyncNetTrainConfig, loop.resolve_config(config_path), overrides)
     model_yaml = syncnet_yaml(cfg)
     return loop.distributed_run(cfg.run, lambda env: _train(cfg, model_yaml, env))
 
@@ -161,15 +160,6 @@ def _validate(model: nn.Module, loader: DataLoader, stepper: loop.Stepper) -> di
     model.train()
     return {"val_loss": total_loss / count, "val_acc": total_correct / count}
 
-
-
-def resolve_config(name_or_path: str | os.PathLike) -> Path:
-    """A config path, or the name of a packaged one (`syncnet_small` -> configs/train/syncnet_small.yaml)."""
-    path = Path(name_or_path)
-    packaged = CONFIG_DIR / "train" / f"{name_or_path}.yaml"
-    if not path.is_file() and path.suffix == "" and packaged.is_file():
-        return packaged
-    return path
 
 
 def syncnet_yaml(cfg: SyncNetTrainConfig) -> dict:

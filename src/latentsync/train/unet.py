@@ -36,7 +36,6 @@ from latentsync.pipeline.progress import progress_bar
 from latentsync.train import loop
 from latentsync.train.loop import CkptConfig, OptimizerConfig, RunConfig
 from latentsync.train.losses import LossWeights
-from latentsync.train.syncnet import resolve_config
 from latentsync.train.unet_step import METRICS as STEP_METRICS
 from latentsync.train.unet_step import UNetTrainStep, trainable_parameters, training_rule
 
@@ -102,7 +101,7 @@ class UNetTrainConfig:
 
 def train_unet(config_path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Path:
     """Train (or resume) from a training YAML; returns the final checkpoint. Run under torchrun for DDP."""
-    cfg = loop.load_config(UNetTrainConfig, resolve_config(config_path), overrides)
+    cfg = loop.load_config(UNetTrainConfig, loop.resolve_config(config_path), overrides)
     unet_yaml = load_unet_yaml(cfg.model) if isinstance(cfg.model, str) else dict(cfg.model)
     return loop.distributed_run(cfg.run, lambda env: _train(cfg, unet_yaml, env))
 

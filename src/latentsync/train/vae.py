@@ -45,7 +45,6 @@ from latentsync.models.vae import SCALING_FACTOR, init_vae, load_vae, save_vae
 from latentsync.pipeline.progress import progress_bar
 from latentsync.train import loop
 from latentsync.train.loop import CkptConfig, OptimizerConfig, RunConfig
-from latentsync.train.syncnet import resolve_config
 from latentsync.video.reader import VideoFrames
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ class VaeTrainConfig:
 
 def train_vae(config_path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Path:
     """Train (or resume) from a training YAML; returns the final diffusers VAE folder. Run under torchrun for DDP."""
-    cfg = loop.load_config(VaeTrainConfig, resolve_config(config_path), overrides)
+    cfg = loop.load_config(VaeTrainConfig, loop.resolve_config(config_path), overrides)
     if cfg.loss.lpips > 0 and not cfg.loss.vgg_path:
         raise ConfigError(f"loss.lpips {cfg.loss.lpips} needs VGG16 weights: set loss.vgg_path, or loss.lpips=0")
     if not cfg.data.root:
