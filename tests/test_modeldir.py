@@ -9,8 +9,9 @@ import torch
 
 from latentsync.errors import ConfigError, ModelNotFoundError
 from latentsync.models.checkpoint import read_checkpoint
-from latentsync.models.create import create_model_dir
+from latentsync.models.create import create_model_dir, pack_model_dir
 from latentsync.models.modeldir import ModelDir, ModelSpec
+from latentsync.paths import DEMO_MODEL_DIR
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +83,39 @@ def test_whisper_is_referenced_by_default_and_copied_on_request(tmp_path):
     assert isinstance(copied.whisper, type(tmp_path)) and copied.whisper.parent == copied.root / "whisper"
     assert copied.whisper_path.stat().st_size == tiny_en_path().stat().st_size
     assert "builtin:" not in (copied.root / "model.yaml").read_text()
+
+
+def test_pack_halves_the_weights_and_keeps_the_model(small_dir, tmp_path):
+    """`model pack`: float16 files, half the bytes, loading casts back and the U-Net computes the same thing."""
+    packed = pack_model_dir(small_dir, tmp_path / "packed", steps=7)
+    assert packed.inference["steps"] == 7 and packed.whisper == "builtin:tiny.en"
+    state = read_checkpoint(packed.unet_weights).state_dict
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    assert read_checkpoint(packed.syncnet_weights).state_dict["audio_encoder.conv_in.weight"].dtype == torch.float16
+
+    def size(root):
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+    assert size(packed.root) < 0.55 * size(small_dir)
+    full, half = ModelDir.resolve(small_dir).load(with_syncnet=True), ModelDir.resolve(packed.root).load(with_syncnet=True)
+    assert next(half.unet.parameters()).dtype == torch.float32 and half.syncnet is not None
+    torch.manual_seed(0)
+    for module in (full.unet.conv_out, half.unet.conv_out):  # a fresh U-Net outputs zeros: give it an output layer
+        torch.nn.init.normal_(module.weight, std=0.05, generator=torch.Generator().manual_seed(1))
+    sample, audio = torch.randn(1, 13, 16, 16, 16), torch.randn(1, 16, 50, 384)
+    with torch.no_grad():
+        a = full.unet(sample, torch.tensor(500), encoder_hidden_states=audio)
+        b = half.unet(sample, torch.tensor(500), encoder_hidden_states=audio)
+        pixels = torch.rand(1, 3, 128, 128) * 2 - 1
+        va, vb = full.vae.decode(full.vae.encode(pixels).latent_dist.mean).sample, half.vae.decode(
+            half.vae.encode(pixels).latent_dist.mean).sample
+    assert a.abs().max() > 0.1 and (a - b).abs().max() < 0.02 * a.abs().max()
+    assert (va - vb).abs().max() < 0.02
+    with pytest.raises(ConfigError, match="already exists"):
+        pack_model_dir(small_dir, packed.root)
+
+
+def test_demo_is_the_bundled_model():
+    spec = ModelDir.resolve("demo").spec
+    assert spec.root == DEMO_MODEL_DIR and spec.resolution == 128 and spec.syncnet_weights is not None
+    assert sum(p.stat().st_size for p in DEMO_MODEL_DIR.rglob("*") if p.is_file()) < 50 * 2**20

@@ -51,6 +51,7 @@ def test_train_checkpoint_validate_and_resume(setup):
     assert set(torch.load(final, weights_only=True)) == {"state_dict", "global_step"}  # upstream's layout
     metrics = read_metrics(run / "metrics.csv")
     assert [s for s, _ in metrics["mse"]] == [1, 2, 3, 4] and len(metrics["val_mse"]) == 2
+    assert len(metrics["val_mse_no_audio"]) == 2
     assert (run / "val" / "step-0000004.mp4").is_file() and (run / "curves.png").is_file()
     model = ModelDir.resolve(run / "model")  # a runnable model folder holding the newest checkpoint
     assert read_checkpoint(model.spec.unet_weights).global_step == 4
@@ -69,3 +70,14 @@ def test_stage2_losses_without_weights_are_refused(setup, tmp_path):
     overrides = {"loss.pixel_space": True, "loss.sync": 0.05, "run.output_dir": str(tmp_path / "run")}
     with pytest.raises(ConfigError, match="sync loss weight 0.05 needs a SyncNet"):
         train_unet(setup["config"], overrides)
+
+
+def test_training_on_cached_latents(setup, tmp_path):
+    """data.latent_cache: the frozen VAE encodes every clip once, and steps train on draws from the cache."""
+    overrides = {"data.latent_cache": True, "run.max_steps": 2, "run.output_dir": str(tmp_path / "run"),
+                 "validation.video": None}
+    final = train_unet(setup["config"], overrides)
+    assert read_checkpoint(final).global_step == 2
+    assert all(g > 0 for _, g in read_metrics(tmp_path / "run" / "metrics.csv")["grad_norm"])
+    (latents,) = (setup["dir"] / "synth" / "aligned" / ".cache").glob("latents-*")
+    assert sorted(p.name for p in latents.iterdir()) == ["clip_0000.mp4.safetensors", "clip_0001.mp4.safetensors"]

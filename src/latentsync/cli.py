@@ -26,6 +26,16 @@ def _model_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_pack(args: argparse.Namespace) -> int:
+    from latentsync.models.create import pack_model_dir
+
+    spec = pack_model_dir(args.src, args.out, half=not args.full_precision, syncnet_config=args.syncnet_config,
+                          syncnet_weights=args.syncnet, steps=args.steps, guidance=args.guidance, force=args.force)
+    size = sum(p.stat().st_size for p in spec.root.rglob("*") if p.is_file())
+    print(f"wrote model {spec.root} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
 def _model_info(args: argparse.Namespace) -> int:
     from latentsync.models.modeldir import ModelDir
 
@@ -139,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--whisper", type=Path, help="OpenAI-format Whisper file to copy in (default: reference the packaged tiny.en)")
     init.add_argument("--force", action="store_true", help="replace OUT if it exists")
     init.set_defaults(handler=_model_init)
+    pack = model.add_parser("pack", help="copy a trained model folder to ship it (float16 weights, optional SyncNet)")
+    pack.add_argument("src", help="model folder (e.g. a U-Net training run's OUTPUT_DIR/model)")
+    pack.add_argument("out", type=Path, help="folder to create")
+    pack.add_argument("--syncnet-config", help="SyncNet preset or yaml of --syncnet")
+    pack.add_argument("--syncnet", type=Path, help="trained SyncNet checkpoint to include")
+    pack.add_argument("--steps", type=int, help="default inference steps of the packed model")
+    pack.add_argument("--guidance", type=float, help="default guidance scale of the packed model")
+    pack.add_argument("--full-precision", action="store_true", help="keep float32 weights (default: float16)")
+    pack.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    pack.set_defaults(handler=_model_pack)
     info = model.add_parser("info", help="show what a --model resolves to")
     info.add_argument("--model", required=True, help="1.5, 1.6 or a model folder")
     info.add_argument("--check", action="store_true", help="load every component and run one guided U-Net step")

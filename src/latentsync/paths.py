@@ -9,6 +9,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR / "configs"
 ASSET_DIR = PACKAGE_DIR / "assets"
 MASK_PATH = ASSET_DIR / "mask.png"
+DEMO_MODEL_DIR = ASSET_DIR / "demo-model"  # the small model trained by scripts/train_demo.sh (docs/demo-model.md)
 
 
 def cache_home() -> Path:

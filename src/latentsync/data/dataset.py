@@ -26,7 +26,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from latentsync.audio.mel import mel_window_length, mel_window_start, melspectro
 from latentsync.errors import CheckpointError, ConfigError, LatentSyncError, VideoError
 from latentsync.pipeline.progress import progress_bar
 from latentsync.video.reader import VideoFrames, probe
+
+if TYPE_CHECKING:
+    from latentsync.data.latents import LatentCache
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +74,18 @@ class ClipInfo:
 
 
 def read_filelist(root: str | os.PathLike, filelist: str | os.PathLike) -> list[Path]:
-    """Clip paths of a filelist (relative to `root` unless absolute); blank lines and `#` comments are skipped.
+    """Clip paths of a filelist; blank lines and `#` comments are skipped.
 
-    Every listed clip must exist: a typo should fail before hours of training, not in a worker mid-epoch.
+    A relative `filelist` is looked up in `root`; relative clip names are taken from the list's own folder, so a
+    held-out list in another dataset (`data.val_filelist=/data/val/aligned/filelist.txt`) names that dataset's
+    clips, not same-named ones under `root`. Every listed clip must exist: a typo should fail before hours of training, not in a worker mid-epoch.
     """
     root = Path(root)
     listing = Path(filelist) if Path(filelist).is_absolute() else root / filelist
     if not listing.is_file():
         raise ConfigError(f"filelist not found: {listing}")
     names = [line.strip() for line in listing.read_text().splitlines()]
-    clips = [root / name for name in names if name and not name.startswith("#")]  # an absolute name stays absolute
+    clips = [listing.parent / name for name in names if name and not name.startswith("#")]  # absolute stays absolute
     if not clips:
         raise ConfigError(f"filelist {listing} lists no clips")
     missing = [c for c in clips if not c.is_file()]
@@ -100,11 +105,11 @@ def encoder_key(encoder_path: str | os.PathLike | None) -> str:
     path = Path(encoder_path)
     if not path.is_file():
         raise CheckpointError(f"Whisper checkpoint not found: {path}")
-    return _file_key(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+    return file_key(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
-def _file_key(path: str, size: int, mtime_ns: int) -> str:
+def file_key(path: str, size: int, mtime_ns: int) -> str:
     """Hash once per process; size and mtime are only part of the memo key, so a replaced file is hashed anew."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -128,17 +133,12 @@ class AudioCache:
         self._encoder: torch.nn.Module | None = None
 
     def path_for(self, clip: Path) -> Path:
-        """Mirror the clip's place under root; clips outside root get a name from their absolute path."""
-        try:
-            rel = clip.resolve().relative_to(self.root.resolve())
-        except ValueError:
-            rel = Path("_external") / f"{hashlib.sha1(str(clip.resolve()).encode()).hexdigest()[:16]}-{clip.name}"
-        return self.dir / f"{rel}.safetensors"
+        return cache_path(self.root, self.dir, clip)
 
     def info(self, clip: Path) -> ClipInfo:
         """The clip's cache entry, computed and written first if it is missing or older than the clip."""
         cache = self.path_for(clip)
-        stamp = _stamp(clip)
+        stamp = clip_stamp(clip)
         if cache.is_file():
             with safe_open(str(cache), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -179,7 +179,17 @@ class AudioCache:
         return {**self.__dict__, "_encoder": None}  # each worker loads its own copy
 
 
-def _stamp(clip: Path) -> str:
+def cache_path(root: Path, cache_dir: Path, clip: Path) -> Path:
+    """A clip's cache file: its place under root mirrored in `cache_dir`; clips outside root get a name from their
+    absolute path."""
+    try:
+        rel = clip.resolve().relative_to(root.resolve())
+    except ValueError:
+        rel = Path("_external") / f"{hashlib.sha1(str(clip.resolve()).encode()).hexdigest()[:16]}-{clip.name}"
+    return cache_dir / f"{rel}.safetensors"
+
+
+def clip_stamp(clip: Path) -> str:
     st = clip.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
 
@@ -355,6 +365,9 @@ class UNetDataset(_ClipDataset):
 
     Items: frames and ref_frames [F, 3, res, res] in [-1, 1], audio [F, 50, 384] float32 (whisper steps 2i-4 ..
     2i+5 of each target frame i, see `frame_windows`), mel [1, 80, 52]. Clips under 48 frames are skipped.
+    With a `LatentCache`, items also hold the VAE posteriors, [F, 4, h, w] each: `latent_mean`/`latent_std`
+    (target), `masked_mean`/`masked_std` (target, lower face masked) and `ref_mean`/`ref_std`; `frames=False`
+    then skips decoding the video, which only the pixel-space losses need.
     """
 
     def __init__(
@@ -367,8 +380,16 @@ class UNetDataset(_ClipDataset):
         encoder_path: str | os.PathLike,
         samples_per_epoch: int = 1000,
         seed: int = 1247,
+        latents: LatentCache | None = None,
+        frames: bool = True,
     ) -> None:
         super().__init__(root, filelist, resolution, num_frames, MIN_UNET_FRAMES, encoder_path, samples_per_epoch, seed)
+        if latents is None and not frames:
+            raise ConfigError("a U-Net sample needs its frames or their cached latents")
+        if latents is not None and latents.resolution != resolution:
+            raise ConfigError(f"the latent cache is for {latents.resolution} px, the dataset is {resolution} px")
+        self.latents = latents
+        self.with_frames = frames
 
     def sample(self, index: int) -> tuple[ClipInfo, int, int]:
         """(clip, target start, reference start)."""
@@ -379,9 +400,12 @@ class UNetDataset(_ClipDataset):
         with safe_open(str(clip.cache), framework="pt") as f:
             features = f.get_tensor("whisper")
         audio = frame_windows(features, frames=torch.arange(start, start + self.num_frames)).float()
-        return {
-            "frames": self._frames(clip, start),
-            "ref_frames": self._frames(clip, ref),
-            "audio": audio,
-            "mel": self._mel(clip, start),
-        }
+        item = {"audio": audio, "mel": self._mel(clip, start)}
+        if self.with_frames:
+            item.update(frames=self._frames(clip, start), ref_frames=self._frames(clip, ref))
+        if self.latents is not None:
+            target = self.latents.window(clip.path, start, self.num_frames)
+            reference = self.latents.window(clip.path, ref, self.num_frames, masked=False)
+            item.update(latent_mean=target["mean"], latent_std=target["std"], masked_mean=target["masked_mean"],
+                        masked_std=target["masked_std"], ref_mean=reference["mean"], ref_std=reference["std"])
+        return item

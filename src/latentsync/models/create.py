@@ -1,4 +1,5 @@
-"""`latentsync model init`: a freshly initialised model folder, for training from scratch and for tests."""
+"""`latentsync model init` and `model pack`: a freshly initialised model folder (for training from scratch and for
+tests), and a compact self-contained copy of a trained one (how the bundled demo model is made)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 import yaml
 
 from latentsync.errors import ConfigError
-from latentsync.models.checkpoint import save_checkpoint
-from latentsync.models.modeldir import BUILTIN_WHISPER, ModelSpec, place_file
+from latentsync.models.checkpoint import read_checkpoint, save_checkpoint
+from latentsync.models.modeldir import BUILTIN_WHISPER, ModelDir, ModelSpec, place_file
 
 
 def create_model_dir(
@@ -86,3 +87,75 @@ def create_model_dir(
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return ModelSpec.read(out)
+
+
+def pack_model_dir(
+    src: str | Path,
+    out: str | Path,
+    *,
+    half: bool = True,
+    syncnet_config: str | Path | None = None,
+    syncnet_weights: str | Path | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    force: bool = False,
+) -> ModelSpec:
+    """Copy the model `src` (a folder or a name `ModelDir.resolve` knows) to `out`, ready to ship.
+
+    `half` stores the U-Net, VAE and SyncNet weights in float16: half the bytes, and loading casts them back to the
+    run's dtype (the rounding moves a small model's output far less than its own sampling noise). A trained
+    SyncNet can be added (its preset or yaml, and a checkpoint), and the inference defaults set. Assembled next
+    to `out` and renamed into place, like `create_model_dir`.
+    """
+    from latentsync.models.syncnet import load_syncnet_yaml
+    from latentsync.models.vae import load_vae, save_vae
+
+    if (syncnet_config is None) != (syncnet_weights is None):
+        raise ConfigError("a SyncNet needs both its config and its weights")
+    source = ModelDir.resolve(src).spec
+    out = Path(out)
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        spec = ModelSpec(
+            root=stage,
+            name=out.name,
+            resolution=source.resolution,
+            unet_config=stage / "unet.yaml",
+            unet_weights=stage / "latentsync_unet.pt",
+            vae=stage / "vae",
+            whisper=source.whisper,
+            inference={**source.inference, **({"steps": steps} if steps else {}),
+                       **({"guidance_scale": guidance} if guidance else {})},
+        )
+        place_file(source.unet_config, spec.unet_config)
+        _copy_weights(source.unet_weights, spec.unet_weights, half)
+        vae = load_vae(source.vae)
+        save_vae(vae.half() if half else vae, spec.vae)
+        if isinstance(source.whisper, Path):
+            spec.whisper = stage / "whisper" / source.whisper.name
+            place_file(source.whisper, spec.whisper)
+        sync_config, sync_weights = syncnet_config, syncnet_weights
+        if sync_config is None and source.syncnet_config is not None:
+            sync_config, sync_weights = source.syncnet_config, source.syncnet_weights
+        if sync_config is not None and sync_weights is not None:
+            spec.syncnet_config, spec.syncnet_weights = stage / "syncnet.yaml", stage / "stable_syncnet.pt"
+            spec.syncnet_config.write_text(yaml.safe_dump(load_syncnet_yaml(str(sync_config)), sort_keys=False))
+            _copy_weights(Path(sync_weights), spec.syncnet_weights, half)
+        spec.write()
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        stage.rename(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return ModelSpec.read(out)
+
+
+def _copy_weights(src: Path, dst: Path, half: bool) -> None:
+    """A checkpoint in the official `{state_dict, global_step}` layout, floating tensors in float16 if `half`."""
+    ckpt = read_checkpoint(src)
+    state = {k: v.half() if half and v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+    save_checkpoint(dst, state, global_step=ckpt.global_step)

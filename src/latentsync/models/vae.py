@@ -86,8 +86,23 @@ def save_vae(vae: AutoencoderKL, folder: str | Path) -> Path:
 
 def encode(vae: AutoencoderKL, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pixels [N, 3, H, W] in [-1, 1] -> scaled latents [N, 4, H/8, W/8], sampled as upstream does."""
+    return sample_latents(*latent_moments(vae, pixels), generator)
+
+
+def latent_moments(vae: AutoencoderKL, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels [N, 3, H, W] in [-1, 1] -> the unscaled posterior's (mean, std), each [N, 4, H/8, W/8].
+
+    The deterministic half of `encode`: a frozen VAE's moments can be stored once and sampled per training step.
+    """
     dist = vae.encode(pixels.to(vae.dtype)).latent_dist
-    return (dist.sample(generator) - SHIFT_FACTOR) * SCALING_FACTOR
+    return dist.mean, dist.std
+
+
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw from N(mean, std^2), scaled for the U-Net (the draw diffusers' `latent_dist.sample` makes)."""
+    where = generator.device if generator is not None else mean.device
+    noise = torch.randn(mean.shape, generator=generator, device=where, dtype=mean.dtype).to(mean.device)
+    return (mean + std * noise - SHIFT_FACTOR) * SCALING_FACTOR
 
 
 def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:

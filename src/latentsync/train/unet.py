@@ -23,7 +23,8 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from latentsync.data.dataset import UNetDataset, prepare_cache
+from latentsync.data.dataset import UNetDataset, prepare_cache, read_filelist
+from latentsync.data.latents import LatentCache
 from latentsync.errors import ConfigError
 from latentsync.face.mask import load_mask
 from latentsync.models.modeldir import BUILTIN_WHISPER, ModelDir, ModelSpec, Models, place_file
@@ -40,7 +41,7 @@ from latentsync.train.unet_step import METRICS as STEP_METRICS
 from latentsync.train.unet_step import UNetTrainStep, trainable_parameters, training_rule
 
 log = logging.getLogger(__name__)
-METRICS = (*STEP_METRICS, "grad_norm", "lr", "val_mse")
+METRICS = (*STEP_METRICS, "grad_norm", "lr", "val_mse", "val_mse_no_audio")
 
 
 @dataclass
@@ -54,6 +55,9 @@ class UNetDataConfig:
     samples_per_epoch: int = 100_000
     val_samples: int = 16
     whisper: str = BUILTIN_WHISPER  # the audio encoder the U-Net is conditioned on (a path, or builtin:tiny.en)
+    # Encode every frame once with the frozen VAE and store its posterior (data/latents.py): steps then draw
+    # latents instead of running the encoder three times; worth it when the VAE is a large part of a step.
+    latent_cache: bool = False
 
 
 @dataclass
@@ -116,14 +120,18 @@ def _train(cfg: UNetTrainConfig, unet_yaml: dict, env: loop.Distributed) -> Path
     whisper = _whisper_path(data.whisper)
     out = Path(run.output_dir)
     model_dir = out / "model"
+    filelists = [f for f in (data.filelist, data.val_filelist) if f]
+    vae = load_vae(cfg.vae, device=env.device)
+    latents = LatentCache(data.root, cfg.vae, load_mask(resolution)) if data.latent_cache else None
     if env.main:
-        for filelist in filter(None, (data.filelist, data.val_filelist)):
+        for filelist in filelists:
             prepare_cache(data.root, filelist, encoder_path=whisper, workers=data.num_workers)
+        if latents is not None:
+            latents.prepare([clip for f in filelists for clip in read_filelist(data.root, f)], vae)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(loop.config_dict(cfg), sort_keys=False))
     loop.barrier()
 
-    vae = load_vae(cfg.vae, device=env.device)
     unet = UNet3DConditionModel(UNetConfig.from_dict(unet_yaml["model"])).to(env.device)
     if cfg.ckpt.init_from:
         init = Path(cfg.ckpt.init_from)
@@ -142,13 +150,14 @@ def _train(cfg: UNetTrainConfig, unet_yaml: dict, env: loop.Distributed) -> Path
     stepper = loop.Stepper(model, optimizer, env.device, run.mixed_precision, run.grad_accum, run.grad_clip)
     train_step = _make_step(cfg, model, vae, resolution, env)
 
-    train_set = UNetDataset(data.root, data.filelist, resolution, data.num_frames, encoder_path=whisper,
-                            samples_per_epoch=data.samples_per_epoch, seed=run.seed)
+    sources = {"encoder_path": whisper, "latents": latents, "frames": latents is None or train_step.decodes}
+    train_set = UNetDataset(data.root, data.filelist, resolution, data.num_frames,
+                            samples_per_epoch=data.samples_per_epoch, seed=run.seed, **sources)
     loader = loop.make_loader(train_set, data.batch_size, data.num_workers, env)
     val_loader = None
     if data.val_filelist and env.main:
-        val_set = UNetDataset(data.root, data.val_filelist, resolution, data.num_frames, encoder_path=whisper,
-                              samples_per_epoch=data.val_samples, seed=run.seed + 1)
+        val_set = UNetDataset(data.root, data.val_filelist, resolution, data.num_frames,
+                              samples_per_epoch=data.val_samples, seed=run.seed + 1, **sources)
         val_loader = DataLoader(val_set, data.batch_size, num_workers=data.num_workers)
 
     checkpoints = loop.Checkpointer(out / "checkpoints", run.keep_last)
@@ -176,7 +185,7 @@ def _train(cfg: UNetTrainConfig, unet_yaml: dict, env: loop.Distributed) -> Path
                     _publish_model(model_dir, cfg, unet_yaml, resolution, path)
             if env.main and (step % run.val_every == 0 or step == run.max_steps):
                 if val_loader is not None:
-                    metrics.log(step, val_mse=_validate(train_step, model, val_loader, run.seed))
+                    metrics.log(step, **_validate(train_step, model, val_loader, run.seed))
                 if cfg.validation.video and (model_dir / "model.yaml").is_file():
                     _validation_video(cfg, unet, vae, whisper, model_dir, out / "val" / f"step-{step:07d}.mp4", env)
             progress(step, run.max_steps)
@@ -213,17 +222,28 @@ def _make_step(cfg: UNetTrainConfig, model: nn.Module, vae: nn.Module, resolutio
 
 
 @torch.no_grad()
-def _validate(step: UNetTrainStep, model: nn.Module, loader: DataLoader, seed: int) -> float:
-    """Noise MSE on the fixed validation samples with fixed noise, so the curve compares like with like."""
+def _validate(step: UNetTrainStep, model: nn.Module, loader: DataLoader, seed: int) -> dict[str, float]:
+    """Noise MSE on the fixed validation samples with fixed noise, so the curve compares like with like.
+
+    `val_mse_no_audio` is the same with the audio features zeroed (the unconditional input of guidance): the gap
+    between the two is how much the U-Net has learned to take from the speech.
+    """
     model.eval()
-    saved, step.generator = step.generator, torch.Generator().manual_seed(seed)
-    total = count = 0.0
-    for batch in loader:
-        _, parts = step(batch)
-        total, count = total + parts["mse"] * len(batch["frames"]), count + len(batch["frames"])
+    saved = step.generator
+    totals = {"val_mse": 0.0, "val_mse_no_audio": 0.0}
+    count = 0
+    for name in totals:
+        step.generator = torch.Generator().manual_seed(seed)
+        count = 0
+        for batch in loader:
+            if name == "val_mse_no_audio":
+                batch = {**batch, "audio": torch.zeros_like(batch["audio"])}
+            _, parts = step(batch)
+            n = len(batch["audio"])
+            totals[name], count = totals[name] + parts["mse"] * n, count + n
     step.generator = saved
     model.train()
-    return total / count
+    return {name: total / count for name, total in totals.items()}
 
 
 def _publish_model(model_dir: Path, cfg: UNetTrainConfig, unet_yaml: dict, resolution: int, ckpt: Path) -> None:

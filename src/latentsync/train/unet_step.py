@@ -23,7 +23,7 @@ from torch import nn
 from latentsync.errors import ConfigError
 from latentsync.models.syncnet import StableSyncNet
 from latentsync.models.unet import UNet3DConditionModel
-from latentsync.models.vae import decode, encode
+from latentsync.models.vae import decode, encode, sample_latents
 from latentsync.pipeline.guidance import unet_input
 from latentsync.train.losses import LossWeights, lower_half_lpips, mixed_noise, one_step_x0, pixel_sync_loss
 from latentsync.train.lpips import LPIPS
@@ -116,15 +116,23 @@ class UNetTrainStep:
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(self.unet.parameters()).device  # also works when the U-Net is wrapped (DDP)
-        frames = batch["frames"].to(device=device, dtype=torch.float32)
-        b, f, _, h, w = frames.shape
-        if (h, w) != tuple(self.pixel_mask.shape[-2:]):
-            raise ValueError(f"frames are {h}x{w} but the mask is {self.pixel_mask.shape[-1]} px")
-        pixel_mask = self.pixel_mask.to(device)
+        frames = batch["frames"].to(device=device, dtype=torch.float32) if "frames" in batch else None
+        if frames is not None and tuple(frames.shape[-2:]) != tuple(self.pixel_mask.shape[-2:]):
+            raise ValueError(f"frames are {list(frames.shape[-2:])} but the mask is {self.pixel_mask.shape[-1]} px")
+        if self.decodes and frames is None:
+            raise ValueError("the pixel-space losses need the batch's frames, not only cached latents")
         with torch.no_grad():
-            target = self._encode(frames)
-            masked = self._encode(frames * pixel_mask)
-            ref = self._encode(batch["ref_frames"].to(device=device, dtype=torch.float32))
+            if "latent_mean" in batch:  # cached posteriors (data.latents): draw instead of encoding
+                target, masked, ref = (self._draw(batch, name, device) for name in ("latent", "masked", "ref"))
+                if tuple(target.shape[-2:]) != tuple(self.latent_mask.shape[-2:]):
+                    raise ValueError(f"cached latents are {list(target.shape[-2:])}, the mask needs "
+                                     f"{list(self.latent_mask.shape[-2:])}: built for another resolution")
+            else:
+                assert frames is not None, "a batch needs frames or cached latents"
+                target = self._encode(frames)
+                masked = self._encode(frames * self.pixel_mask.to(device))
+                ref = self._encode(batch["ref_frames"].to(device=device, dtype=torch.float32))
+        b, f = target.shape[0], target.shape[2]
 
         noise = mixed_noise(target.shape, self.mixed_noise_alpha, self.generator).to(device)
         num_steps = self.scheduler.config.num_train_timesteps
@@ -149,6 +157,11 @@ class UNetTrainStep:
         metrics = {name: parts[name].item() if name in parts else 0.0 for name in METRICS[:-1]}
         metrics["total"] = total.item()
         return total, metrics
+
+    def _draw(self, batch: Mapping[str, torch.Tensor], name: str, device: torch.device) -> torch.Tensor:
+        """A latent sample [B, 4, F, h, w] from cached moments `{name}_mean`/`{name}_std` [B, F, 4, h, w]."""
+        mean, std = (batch[f"{name}_{part}"].to(device=device, dtype=torch.float32) for part in ("mean", "std"))
+        return sample_latents(mean, std, self.generator).transpose(1, 2)
 
     def _encode(self, frames: torch.Tensor) -> torch.Tensor:
         """[B, F, 3, H, W] -> scaled latents [B, 4, F, h, w] in float32, sampled from the latent distribution."""
