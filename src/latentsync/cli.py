@@ -118,6 +118,67 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+_DATA_STEPS = {
+    "broken": "set aside files that cannot be opened or decoded, or have no audio (writes no video)",
+    "resample": "re-encode to constant 25 fps with 16 kHz mono audio",
+    "shots": "split at hard cuts (PySceneDetect adaptive detector, threshold 2)",
+    "segments": "cut shots into 5-10 s pieces (shorter shots are dropped)",
+    "align": "the speaker's face as RESxRES crops (inference's landmarks + affine)",
+    "sync": "keep clips in sync (SyncNet conf >= 3, |offset| <= 6) and fix the offset",
+    "quality": "keep clips of good image quality (hyperIQA score >= 40)",
+}
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, step: str | None) -> None:
+    """Options of `data run` (step None) and of `data STEP`; each step gets only the options it uses."""
+    parser.add_argument("input_dir", type=Path, help="folder of input files (searched recursively)")
+    parser.add_argument("output_dir", type=Path, help="output folder (a rerun resumes what is recorded there)")
+    if step in (None, "align"):
+        parser.add_argument("--resolution", type=int, metavar="RES",
+                            help="side of the face crops (default 256; 512 for LatentSync 1.6)")
+        parser.add_argument("--max-face-lost", type=float, metavar="SHARE",
+                            help="drop a clip whose face is missing in more than this share of frames (default 0.04)")
+    if step in (None, "sync"):
+        parser.add_argument("--syncnet", type=Path, metavar="FILE",
+                            help="SyncNet weights for the sync filter (without: the filter is skipped, with a warning)")
+    if step in (None, "quality"):
+        parser.add_argument("--iqa", type=Path, metavar="FILE",
+                            help="hyperIQA koniq_pretrained.pkl for the quality filter (without: skipped, warning)")
+    if step is None:
+        parser.add_argument("--only", nargs="+", metavar="STEP", choices=list(_DATA_STEPS),
+                            help="run only these steps; the others contribute what their manifests record")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="parallel processes with --backend local (default 1; Ray schedules by its own CPUs)")
+    parser.add_argument("--backend", choices=["local", "ray"], default="local",
+                        help="local processes, or Ray tasks (default local)")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="Ray cluster to join (e.g. auto or ray://host:10001; default: start a local instance)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_run_data, data_step=step)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    """Run `latentsync data run` or one `latentsync data STEP`, print the final table; exit 1 if files failed."""
+    from latentsync.data.runner import make_backend, run_pipeline, run_single
+    from latentsync.data.steps import STEP_NAMES, build_steps
+
+    settings = {k: getattr(args, k, None) for k in ("resolution", "max_face_lost", "syncnet", "iqa")}
+    steps = build_steps(**{k: v for k, v in settings.items() if v is not None})
+    if args.ray_address and args.backend != "ray":
+        raise ConfigError("--ray-address needs --backend ray")
+    backend = make_backend(args.backend, args.workers, args.ray_address)
+    try:
+        if args.data_step is None:
+            report = run_pipeline(args.input_dir, args.output_dir, steps, backend, args.only, args.quiet)
+        else:
+            step = steps[STEP_NAMES.index(args.data_step)]
+            report = run_single(step, args.input_dir, args.output_dir, backend, args.quiet)
+    finally:
+        backend.close()
+    print(report.table())
+    return 1 if report.errors else 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from latentsync.train import loop
 
@@ -181,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="training data: synthesis and processing").add_subparsers(dest="data_command", required=True)
     _add_synth_arguments(data.add_parser("synth", help="synthetic talking-face clips (raw and aligned forms)"))
+    _add_data_arguments(data.add_parser("run", help="turn a folder of videos into a training set (all steps, resumable)"), None)
+    for name, help_text in _DATA_STEPS.items():
+        _add_data_arguments(data.add_parser(name, help=f"one pipeline step alone: {help_text}"), name)
 
     train = sub.add_parser("train", help="train the U-Net, a SyncNet or a small VAE (torchrun for several GPUs)")
     train_sub = train.add_subparsers(dest="train_command", required=True)

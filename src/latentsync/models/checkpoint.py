@@ -101,6 +101,24 @@ def check_fits(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.T
         raise CheckpointError(f"{what}: {'; '.join(problems)}")
 
 
+def load_legacy_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str,
+                       device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Assign `state` into `model` (built on the meta device) strictly; returns it in eval mode, on `device`.
+
+    For files written by old PyTorch (the published SyncNet v2 and hyperIQA weights): BatchNorm
+    `num_batches_tracked` counters may be absent, as torch's own loader allows; they play no part in eval mode.
+    Anything else that differs is one `CheckpointError` line starting with `what`.
+    """
+    expected = model.state_dict()
+    state = dict(state)
+    for key in expected:
+        if key.endswith(".num_batches_tracked") and key not in state:
+            state[key] = torch.zeros((), dtype=torch.long)
+    check_fits(expected, state, what)
+    model.load_state_dict({k: v.to(device=device, dtype=expected[k].dtype) for k, v in state.items()}, assign=True)
+    return model.eval()
+
+
 def _read_safetensors(path: Path, map_location: str | torch.device) -> CheckpointFile:
     from safetensors import SafetensorError, safe_open
 
