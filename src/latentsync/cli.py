@@ -139,8 +139,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser, step: str | None) -> No
         parser.add_argument("--max-face-lost", type=float, metavar="SHARE",
                             help="drop a clip whose face is missing in more than this share of frames (default 0.04)")
     if step in (None, "sync"):
-        parser.add_argument("--syncnet", type=Path, metavar="FILE",
-                            help="SyncNet weights for the sync filter (without: the filter is skipped, with a warning)")
+        parser.add_argument("--syncnet", type=Path, metavar="WEIGHTS",
+                            help="sync filter SyncNet: syncnet_v2.model, a StableSyncNet file, a model folder or name "
+                                 "(e.g. demo); without: the filter is skipped, with a warning")
     if step in (None, "quality"):
         parser.add_argument("--iqa", type=Path, metavar="FILE",
                             help="hyperIQA koniq_pretrained.pkl for the quality filter (without: skipped, warning)")

@@ -125,8 +125,9 @@ class FilterStep(Step):
     """A filter run by a model from a user-supplied weights file: keeps, drops or (sync) fixes each clip.
 
     Without weights it cannot judge anything, so it passes every clip on as `unchecked` with a loud warning
-    in the log, in every manifest record and in the final table. The weights' name, size and mtime are part
-    of the resume key: supplying weights later checks the clips that went through unchecked.
+    in the log, in every manifest record and in the final table. The weight files' names, sizes and mtimes are
+    part of the resume key: supplying weights later checks the clips that went through unchecked, and replacing
+    them checks every clip again.
     """
 
     weights: Path | None = None
@@ -135,11 +136,19 @@ class FilterStep(Step):
     what: ClassVar[str]  # the model, for messages
     option: ClassVar[str]  # the CLI option that supplies its weights
 
+    def weight_files(self) -> list[Path]:
+        """The files the weights option stands for (itself, unless a step accepts e.g. a model folder); raises a
+        ConfigError when they are not there."""
+        assert self.weights is not None
+        if not self.weights.is_file():
+            raise ConfigError(f"{self.option}: weights file not found: {self.weights}")
+        return [self.weights]
+
     def settings(self) -> str:
         if self.weights is None:
             return "unchecked"
-        st = self.weights.stat()
-        return f"weights={self.weights.name}:{st.st_size}:{st.st_mtime_ns}"
+        stamps = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.weight_files()]
+        return f"weights={','.join(stamps)}"
 
     @property
     def uses_gpu(self) -> bool:
@@ -156,8 +165,7 @@ class FilterStep(Step):
         """Fail before any work if the weights are missing or no evaluator can read them (loaded once, on CPU)."""
         if self.weights is None:
             return
-        if not self.weights.is_file():
-            raise ConfigError(f"{self.option}: weights file not found: {self.weights}")
+        self.weight_files()
         assert self.loader is not None
         cached_evaluator(self.loader, self.weights, "cpu")
 

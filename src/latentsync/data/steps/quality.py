@@ -2,8 +2,10 @@
 
 As upstream: hyperIQA with KonIQ weights (`koniq_pretrained.pkl`, user-supplied) scores the first, middle and
 last frames of each clip, and a clip is kept when the mean score is >= 40. The evaluator returns
-`{"score": mean}`; which code reads the weights is `load_quality_evaluator`'s decision. Without `--iqa` the step
-passes every clip on unchecked, with a warning (see `FilterStep`).
+`{"score": mean}` (`models.hyperiqa.quality_score`: one centre 224 crop per frame, as upstream's filter, whose
+threshold was set on those scores). `--iqa` takes the weights file itself; a file that does not fit hyperIQA is
+a one-line error before any work. Without `--iqa` the step passes every clip on unchecked, with a warning (see
+`FilterStep`).
 """
 
 from __future__ import annotations
@@ -13,17 +15,23 @@ from pathlib import Path
 
 from latentsync.data.runner import Item, Result
 from latentsync.data.steps.common import Evaluator, FilterStep, Loader, pass_on
-from latentsync.errors import ConfigError
+from latentsync.models.hyperiqa import MIN_QUALITY, load_hyperiqa, quality_frame_indices, quality_score
+from latentsync.video.reader import VideoFrames
 
-MIN_SCORE = 40.0
+MIN_SCORE = MIN_QUALITY
 
 
 def load_quality_evaluator(weights: Path, device: str) -> Evaluator:
-    """The hyperIQA evaluator for a weights file: clip -> {"score"} (module docstring).
+    """The hyperIQA evaluator for a weights file: clip -> {"score"}, the mean over the first, middle and last
+    frames (module docstring)."""
+    model = load_hyperiqa(weights, device)
 
-    None is wired in yet: the data pipeline runs its quality step only without weights (skipped, with a warning).
-    """
-    raise ConfigError(f"--iqa {weights}: no hyperIQA evaluator is available to the data pipeline yet")
+    def evaluate(clip: Path) -> dict[str, float]:
+        frames = VideoFrames(clip)
+        picked = [next(frames.iter_range(i, i + 1)) for i in quality_frame_indices(len(frames))]
+        return {"score": quality_score(model, picked)}
+
+    return evaluate
 
 
 @dataclass(frozen=True)
