@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from latentsync.errors import ConfigError, DeviceError
-from latentsync.train.loop import MetricsLog, RunConfig, Stepper, load_config, parse_overrides, plot_curves
+from latentsync.train.loop import (
+    MetricsLog, RunConfig, Stepper, curve_panels, load_config, parse_overrides, plot_curves,
+)
 
 
 @dataclass
@@ -114,3 +116,7 @@ def test_metrics_log_resume_drops_later_rows_and_plots(tmp_path: Path) -> None:
     log.log(2, loss=0.6, val_loss=0.65)
     png = plot_curves(path, tmp_path / "curves.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+    series = {"mse": [(1, 0.5)], "mse_sync": [(1, 0.1)], "sync": [(1, 0.0)], "val_mse": [(1, 0.4)],
+              "val_mse_no_audio": [(1, 0.45)], "val_mse_sync": [(1, 0.2)], "val_acc": [(1, 0.7)]}
+    assert curve_panels(series) == {"mse": ["mse", "val_mse", "val_mse_no_audio"], "mse_sync": ["mse_sync", "val_mse_sync"],
+                                    "acc": ["val_acc"]}  # an all-zero loss gets no panel

@@ -440,17 +440,31 @@ def read_metrics(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+def curve_panels(series: Mapping[str, Sequence[tuple[int, float]]]) -> dict[str, list[str]]:
+    """Panel title -> the series drawn in it (see `plot_curves`); all-zero series get no panel."""
+    shown = [name for name, points in series.items() if any(v != 0 for _, v in points)]
+    train = [name for name in shown if not name.startswith("val_")]
+    panels: dict[str, list[str]] = {}
+    for name in shown:
+        base = name.removeprefix("val_")
+        owner = max((t for t in train if base == t or base.startswith(t + "_")), key=len, default=base)
+        panels.setdefault(owner, []).append(name)
+    return panels
+
+
 def plot_curves(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Path:
-    """One panel per metric, `x` and `val_x` sharing a panel so training and validation compare directly."""
+    """One panel per metric; `x`, `val_x` and variants `val_x_...` share a panel so they compare directly.
+
+    Series that are zero throughout (losses switched off) are left out; gradient norms are drawn on a log scale,
+    since the first steps' norms can be orders of magnitude above the rest.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     series = read_metrics(csv_path)
-    panels: dict[str, list[str]] = {}
-    for name in series:
-        panels.setdefault(name.removeprefix("val_"), []).append(name)
+    panels = curve_panels(series)
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4 * max(1, len(panels)), 3), squeeze=False)
     for ax, (title, names) in zip(axes[0], panels.items()):
         for name in sorted(names, key=lambda n: n.startswith("val_")):  # training first: same colours everywhere
@@ -458,6 +472,8 @@ def plot_curves(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Pat
             ax.plot(steps, values, marker="o" if len(steps) < 30 else None, label=name)
         ax.set_title(title)
         ax.set_xlabel("step")
+        if title == "grad_norm":
+            ax.set_yscale("log")
         ax.legend()
     fig.tight_layout()
     png_path = Path(png_path)
