@@ -3,9 +3,11 @@ tests), and a compact self-contained copy of a trained one (how the bundled demo
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import yaml
@@ -38,8 +40,6 @@ def create_model_dir(
     from latentsync.models.vae import init_vae, save_vae
 
     out = Path(out)
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} already exists; pass --force to replace it")
     unet_yaml = load_unet_yaml(config)
     resolution = int(unet_yaml.get("data", {}).get("resolution", 256))
     is_small = int(UNetConfig.from_dict(unet_yaml["model"]).block_out_channels[0]) < 128
@@ -48,9 +48,7 @@ def create_model_dir(
     if whisper_src is not None and not whisper_src.is_file():
         raise ConfigError(f"Whisper weights not found: {whisper_src}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _staged_folder(out, force) as stage:
         torch.manual_seed(seed)
         unet = UNet3DConditionModel(UNetConfig.from_dict(unet_yaml["model"]))
         spec = ModelSpec(
@@ -80,12 +78,6 @@ def create_model_dir(
             spec.syncnet_config.write_text(yaml.safe_dump(syncnet_yaml, sort_keys=False))
             save_checkpoint(spec.syncnet_weights, StableSyncNet(syncnet_yaml["model"]).state_dict(), global_step=0)
         spec.write()
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        stage.rename(out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return ModelSpec.read(out)
 
 
@@ -114,11 +106,7 @@ def pack_model_dir(
         raise ConfigError("a SyncNet needs both its config and its weights")
     source = ModelDir.resolve(src).spec
     out = Path(out)
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} already exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _staged_folder(out, force) as stage:
         spec = ModelSpec(
             root=stage,
             name=out.name,
@@ -145,13 +133,25 @@ def pack_model_dir(
             spec.syncnet_config.write_text(yaml.safe_dump(load_syncnet_yaml(str(sync_config)), sort_keys=False))
             _copy_weights(Path(sync_weights), spec.syncnet_weights, half)
         spec.write()
+    return ModelSpec.read(out)
+
+
+@contextlib.contextmanager
+def _staged_folder(out: Path, force: bool) -> Iterator[Path]:
+    """A temporary folder beside `out` that replaces `out` when the block succeeds and is removed when it fails,
+    so a model folder is either complete or absent."""
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield stage
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         stage.rename(out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return ModelSpec.read(out)
 
 
 def _copy_weights(src: Path, dst: Path, half: bool) -> None:
