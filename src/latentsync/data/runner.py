@@ -13,8 +13,7 @@ owns everything around it, the same for every step:
 - Workers: `LocalBackend` runs tasks in the main process (`workers=1`) or a spawn process pool (mediapipe's
   graphs do not survive a fork); `RayBackend` runs the same function as Ray tasks. Steps that use a GPU get one
   per task when there are GPUs (a pinned pool locally, `num_gpus=1` on Ray).
-- Only the main process writes manifests, one record per finished file, so a record never describes a file that
-  is not complete.
+- Only the main process writes manifests, one record per finished file: no record describes an unfinished file.
 """
 
 from __future__ import annotations
@@ -145,8 +144,7 @@ def _pin_gpu(queue: Any) -> None:
 
 
 def _share_cpus(threads: int) -> None:
-    """Pool initializer: each of N workers gets cores/N compute threads. Left at torch's and OpenCV's defaults
-    (all cores each), two workers on two cores ran the SyncNet step at half the speed of one process."""
+    """Pool initializer: cores/N torch and OpenCV threads per worker (all cores each halved 2 workers' speed)."""
     import cv2
     import torch
 
