@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentsync.audio.load import load_audio
 from latentsync.audio.mel import mel_window, mel_window_start, melspectrogram
 from latentsync.errors import NoFaceError
 from latentsync.eval.lse import summarise_offsets
@@ -83,8 +81,7 @@ def sync_score(
     sims = []
     for i in range(0, len(starts), batch):
         group = starts[i : i + batch]
-        frames = torch.stack([torch.from_numpy(np.stack(crops[s : s + WINDOW])) for s in group])  # type: ignore[arg-type]
-        frames = frames.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+        frames = _window_pixels(crops, group)
         mels = torch.stack([torch.from_numpy(mel_window(mel, s - offset, WINDOW)) for s in group]).unsqueeze(1)
         vision, audio = syncnet(visual_input(frames).to(device, dtype), mels.to(device, dtype))
         sims.append(sync_probability(vision, audio).float().cpu())
@@ -124,8 +121,7 @@ def stable_syncnet_offset(
     vision, audio = [], []
     for i in range(0, len(starts), batch):
         group = starts[i : i + batch]
-        frames = torch.stack([torch.from_numpy(np.stack(crops[s : s + WINDOW])) for s in group])  # type: ignore[arg-type]
-        frames = frames.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+        frames = _window_pixels(crops, group)
         vision.append(_embed(syncnet.visual_encoder, visual_input(frames).to(device, dtype)))
     for i in range(0, len(audio_starts), batch):
         mels = torch.stack([torch.from_numpy(mel_window(mel, a, WINDOW)) for a in audio_starts[i : i + batch]])
@@ -144,12 +140,7 @@ def _embed(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(out.reshape(out.shape[0], -1), p=2, dim=1).float().cpu()
 
 
-def video_sync_score(
-    syncnet: StableSyncNet,
-    resolution: int,
-    video: str | os.PathLike,
-    audio: str | os.PathLike | None = None,
-    offset: int = 0,
-) -> SyncScore:
-    """`sync_score` of a video file against its own audio track (or `audio`)."""
-    return sync_score(syncnet, face_crops(video, resolution), load_audio(Path(audio or video)), offset)
+def _window_pixels(crops: list[np.ndarray | None], starts: list[int]) -> torch.Tensor:
+    """The 16-frame windows at `starts` (all frames present) as SyncNet input pixels [B, 16, 3, H, W] in [-1, 1]."""
+    frames = torch.stack([torch.from_numpy(np.stack(crops[s : s + WINDOW])) for s in starts])  # type: ignore[arg-type]
+    return frames.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
