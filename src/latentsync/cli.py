@@ -63,17 +63,9 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from latentsync.face.track import parse_face_selector
     from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions, preflight
     from latentsync.pipeline.progress import progress_bar
 
-    if args.steps is not None and args.steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {args.steps}")
-    if args.guidance is not None and args.guidance < 1.0:
-        raise ConfigError(f"--guidance must be at least 1.0 (1.0 = no guidance), got {args.guidance}")
-    if not 0 <= args.crf <= 51:
-        raise ConfigError(f"--crf must be between 0 and 51, got {args.crf}")
-    parse_face_selector(args.face)
     options = RunOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, face=args.face, crf=args.crf)
     preflight(args.video, args.audio, args.out)
     pipeline = LipSyncPipeline.from_model(args.model, args.device, args.dtype)
@@ -83,6 +75,41 @@ def _run(args: argparse.Namespace) -> int:
     if args.verbose:
         print(report.stage_table())
     return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    from latentsync.app.pipelines import installed_models
+    from latentsync.app.ui import launch
+
+    models = installed_models(args.model or ())
+    if not models:
+        raise ConfigError("no model is installed: run `latentsync download --model 1.6`, or pass --model DIR")
+    launch(models, host=args.host, port=args.port, device=args.device, dtype=args.dtype, share=args.share)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from latentsync.app.serve.api import serve
+    from latentsync.app.serve.service import ServeConfig
+
+    config = ServeConfig(models=args.model or ["1.6"], workers=args.workers, queue_size=args.queue_size,
+                         max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
+                         allowed_dirs=args.allow_path, result_ttl=args.result_ttl, device=args.device, dtype=args.dtype)
+    if args.root is not None:
+        config.root = args.root
+    for name, value in [("--workers", config.workers), ("--queue-size", config.queue_size)]:
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    serve(config, host=args.host, port=args.port)
+    return 0
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument("--model", action="append", help="model to offer: 1.5, 1.6, demo or a folder (repeatable)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=port, help=f"port (default {port})")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
 
 
 def _add_synth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -240,6 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18, visually lossless)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
+
+    app = sub.add_parser("app", help="the web page: upload a video and speech, lip-sync in the browser")
+    _add_server_arguments(app, 7860)
+    app.add_argument("--share", action="store_true", help="also publish a public gradio.live link (off by default)")
+    app.set_defaults(handler=_app)
+
+    serve = sub.add_parser("serve", help="the HTTP API: a job queue whose workers keep the models loaded")
+    _add_server_arguments(serve, 8000)
+    serve.add_argument("--workers", type=int, default=1, help="jobs run at once, sharing the loaded models (default 1)")
+    serve.add_argument("--queue-size", type=int, default=32, help="jobs waiting at most; more get 503 (default 32)")
+    serve.add_argument("--max-upload-mb", type=float, default=500.0, help="request size limit; more gets 413 (default 500)")
+    serve.add_argument("--max-seconds", type=float, default=600.0, help="longest video or audio; more gets 422 (default 600)")
+    serve.add_argument("--allow-path", type=Path, action="append", default=[], metavar="DIR",
+                       help="let jobs name server files under DIR by path (repeatable; default: uploads only)")
+    serve.add_argument("--root", type=Path, help="job folder (default: $LATENTSYNC_HOME/service)")
+    serve.add_argument("--result-ttl", type=float, default=86400.0, help="seconds a finished job is kept (default 1 day)")
+    serve.set_defaults(handler=_serve)
 
     data = sub.add_parser("data", help="training data: synthesis and processing").add_subparsers(dest="data_command", required=True)
     _add_synth_arguments(data.add_parser("synth", help="synthetic talking-face clips (raw and aligned forms)"))

@@ -22,7 +22,7 @@ import torch
 
 from latentsync.audio.features import audio_features, frame_windows
 from latentsync.audio.load import load_audio
-from latentsync.errors import NoFaceError
+from latentsync.errors import ConfigError, NoFaceError
 from latentsync.face.align import Aligner
 from latentsync.face.mask import load_mask
 from latentsync.face.track import FaceSelector, FaceTracker, parse_face_selector
@@ -50,6 +50,16 @@ class RunOptions:
     seed: int = 1247
     face: str = "largest"
     crf: int = 18
+
+    def __post_init__(self) -> None:
+        """Reject bad settings before any work, with the CLI's option names (the app and service reuse them)."""
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        if self.guidance is not None and self.guidance < 1.0:
+            raise ConfigError(f"--guidance must be at least 1.0 (1.0 = no guidance), got {self.guidance}")
+        if not 0 <= self.crf <= 51:
+            raise ConfigError(f"--crf must be between 0 and 51, got {self.crf}")
+        parse_face_selector(self.face)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""`latentsync serve`: lip-sync as an HTTP service with a job queue kept on disk (see api.py)."""
