@@ -24,15 +24,13 @@ from latentsync.data.steps import quality
 from latentsync.data.steps.common import Evaluator, Piece, write_pieces
 from latentsync.data.steps.quality import QualityStep
 from latentsync.data.steps.segments import segment_bounds
-from latentsync.data.steps.sync import (
-    MIN_STABLE_CONFIDENCE, SyncStep, is_syncnet_v2, load_sync_evaluator, shift_piece, stable_syncnet_config,
-    syncnet_files,
-)
+from latentsync.data.steps.sync import MIN_STABLE_CONFIDENCE, SyncStep, load_sync_evaluator, shift_piece
 from latentsync.data.synth import synthesize
 from latentsync.errors import CheckpointError, ConfigError
 from latentsync.models.checkpoint import read_checkpoint
 from latentsync.models.hyperiqa import HyperIQA
 from latentsync.models.modeldir import ModelDir, ModelSpec
+from latentsync.models.syncnet_files import is_syncnet_v2, stable_syncnet_config, syncnet_files
 from latentsync.models.syncnet import load_syncnet_yaml, syncnet_presets
 from latentsync.models.syncnet_v2 import SyncNetV2
 from latentsync.paths import CONFIG_DIR

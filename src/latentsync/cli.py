@@ -104,6 +104,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from latentsync.eval.evaluate import EvalSettings, evaluate
+    from latentsync.eval.report import markdown, write_report
+
+    settings = EvalSettings(syncnet=None if args.syncnet == "none" else args.syncnet, syncnet_v2=args.syncnet_v2,
+                            inception=args.inception, i3d=args.i3d, face=args.face, device=args.device)
+    report = evaluate(args.videos, args.reference or (), settings)
+    paths = write_report(report, args.out)
+    print(markdown(report), end="")
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def _add_server_arguments(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--model", action="append", help="model to offer: 1.5, 1.6, demo or a folder (repeatable)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -284,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", type=Path, help="job folder (default: $LATENTSYNC_HOME/service)")
     serve.add_argument("--result-ttl", type=float, default=86400.0, help="seconds a finished job is kept (default 1 day)")
     serve.set_defaults(handler=_serve)
+
+    ev = sub.add_parser("eval", help="lip-sync and image quality of output videos (LSE-C/D, sync score, PSNR/SSIM, FID/FVD)")
+    ev.add_argument("videos", nargs="+", type=Path, help="videos to score, each with its own soundtrack")
+    ev.add_argument("--reference", nargs="+", type=Path, help="one original per video: PSNR/SSIM, and FID/FVD against them")
+    ev.add_argument("--syncnet", default="demo", help="StableSyncNet: model name, folder or weights file, or 'none' (default demo)")
+    ev.add_argument("--syncnet-v2", type=Path, help="syncnet_v2.model for LSE-C / LSE-D (the standard SyncNet)")
+    ev.add_argument("--inception", type=Path, help="TorchScript Inception (inception-2015-12-05.pt) for FID")
+    ev.add_argument("--i3d", type=Path, help="TorchScript I3D (i3d_torchscript.pt) for FVD")
+    ev.add_argument("--face", default="largest", help="speaker: largest, N or x,y (as for run)")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    ev.add_argument("-o", "--out", type=Path, default=Path("eval-report"), help="report folder (default eval-report)")
+    ev.set_defaults(handler=_eval)
 
     data = sub.add_parser("data", help="training data: synthesis and processing").add_subparsers(dest="data_command", required=True)
     _add_synth_arguments(data.add_parser("synth", help="synthetic talking-face clips (raw and aligned forms)"))

@@ -17,7 +17,7 @@ the audio by offset / 25 s; we trim instead: the first `offset` frames (audio ah
 (audio behind) are cut, with the matching audio, so the clip has no inserted silence and is at most 6 frames
 shorter. A clip with offset 0 is passed on as it is.
 
-`--syncnet` names (see `syncnet_files`) a SyncNet v2 file (`syncnet_v2.model`, told apart by its keys), a
+`--syncnet` names (see `models.syncnet_files`) a SyncNet v2 file (`syncnet_v2.model`, told apart by its keys), a
 StableSyncNet checkpoint (its config: a `syncnet.yaml` beside it, else the packaged preset its weights fit), or a
 model folder or name (`demo`) whose model.yaml names a SyncNet. The clips come from the align step, already
 cropped to the face, so no face detection is done here: the crops are only resized to the network's input size.
@@ -26,10 +26,8 @@ Without `--syncnet` the step passes every clip on unchecked, with a warning (see
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,14 +38,11 @@ from latentsync.data.runner import Item, Result
 from latentsync.data.steps.common import (
     HOP, SAMPLE_RATE, Evaluator, FilterStep, Loader, Piece, output_path, pass_on, write_pieces,
 )
-from latentsync.errors import CheckpointError, ConfigError, VideoError
+from latentsync.errors import VideoError
 from latentsync.eval import lse as lse_eval
-from latentsync.eval.sync import WINDOW, stable_syncnet_offset
-from latentsync.models.checkpoint import check_fits, read_checkpoint
-from latentsync.models.modeldir import DEMO_MODEL, OFFICIAL_MODELS, SPEC_FILE, ModelSpec, official_model_dir
-from latentsync.models.syncnet import StableSyncNet, load_syncnet, load_syncnet_yaml, syncnet_presets
-from latentsync.models.syncnet_v2 import CROP_SIZE, WRAPPER_PREFIX, load_syncnet_v2
-from latentsync.paths import DEMO_MODEL_DIR
+from latentsync.eval.sync import stable_syncnet_offset
+from latentsync.models.syncnet_files import SyncNetwork, load_sync_network, stable_syncnet_resolution, syncnet_files
+from latentsync.models.syncnet_v2 import CROP_SIZE, SyncNetV2
 from latentsync.video.reader import VideoFrames
 
 MIN_CONFIDENCE = lse_eval.MIN_CONFIDENCE  # LSE-C, SyncNet v2's scale (upstream); also for evaluators that name none
@@ -55,87 +50,18 @@ MIN_STABLE_CONFIDENCE = 0.15  # StableSyncNet's 1 - cosine scale; calibration in
 MAX_OFFSET = lse_eval.MAX_ABS_OFFSET  # frames
 SEARCH = lse_eval.MAX_OFFSET  # offsets -15..+15 are searched, as upstream
 STRIDE = 4  # a StableSyncNet window starts every 4 frames: steadier than every 16, as good as every frame
-BESIDE = "syncnet.yaml"  # a StableSyncNet config next to its weights file
-_V2_BRANCHES = ("netcnnaud.", "netcnnlip.")  # SyncNet v2's module names; no StableSyncNet key starts so
-
-
-def syncnet_files(weights: Path) -> tuple[Path, Path | None]:
-    """(weights file, its config or None) for what `--syncnet` names.
-
-    A file is taken as it is, with a `syncnet.yaml` beside it as its config when there is one. A folder, `demo` or
-    an official model name (1.5, 1.6) is a model folder whose model.yaml names the SyncNet and its config; only
-    those two files need to be there, not the rest of the model.
-    """
-    if weights.is_file():
-        beside = weights.parent / BESIDE
-        return weights, beside if beside.is_file() else None
-    text = str(weights)
-    root = DEMO_MODEL_DIR if text == DEMO_MODEL else official_model_dir(text) if text in OFFICIAL_MODELS else weights
-    if not (root / SPEC_FILE).is_file():
-        if root != weights:
-            raise ConfigError(f"--syncnet {text}: model not installed ({root / SPEC_FILE} is missing)")
-        names = ", ".join([DEMO_MODEL, *OFFICIAL_MODELS])
-        raise ConfigError(
-            f"--syncnet: weights file not found: {weights} (give a SyncNet file, a model folder or a model name: "
-            f"{names})"
-        )
-    spec = ModelSpec.read(root)
-    if spec.syncnet_weights is None or spec.syncnet_config is None:
-        raise ConfigError(f"--syncnet {weights}: {root / SPEC_FILE} names no SyncNet")
-    for path in (spec.syncnet_weights, spec.syncnet_config):
-        if not path.is_file():
-            raise ConfigError(f"--syncnet {weights}: {path} is missing")
-    return spec.syncnet_weights, spec.syncnet_config
-
-
-def is_syncnet_v2(state: Mapping[str, Any]) -> bool:
-    """Whether a state dict is SyncNet v2's (possibly saved inside syncnet_python's wrapper, keys `__S__.`)."""
-    return any(k.removeprefix(WRAPPER_PREFIX).startswith(_V2_BRANCHES) for k in state)
-
-
-def stable_syncnet_config(weights: Path, state: Mapping[str, torch.Tensor], config: Path | None) -> dict[str, Any]:
-    """The config a StableSyncNet checkpoint was trained with: `config` when given (the weights must fit it),
-    else the first packaged preset its weights fit strictly. A checkpoint carries no config of its own, and a
-    preset that fits key for key and shape for shape builds the network it was trained as."""
-    if config is not None:
-        data = load_syncnet_yaml(config)
-        check_fits(_expected_state(data), state, f"SyncNet weights {weights} do not fit {config}")
-        return data
-    presets = syncnet_presets()
-    for name in presets:
-        data = load_syncnet_yaml(name)
-        try:
-            check_fits(_expected_state(data), state, name)
-        except CheckpointError:
-            continue
-        return data
-    raise CheckpointError(
-        f"SyncNet weights {weights} are neither SyncNet v2 nor fit any packaged StableSyncNet preset "
-        f"(tried {', '.join(presets)}); put its config beside it as {BESIDE}"
-    )
-
-
-def _expected_state(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The state dict layout of the StableSyncNet a config builds, made on the meta device (no memory)."""
-    with torch.device("meta"):
-        return StableSyncNet(data["model"]).state_dict()
 
 
 def load_sync_evaluator(weights: Path, device: str) -> Evaluator:
     """The SyncNet evaluator for what `--syncnet` names: clip -> {"conf", "offset", "min_conf", ...} (module
     docstring). Raises a one-line LatentSyncError for anything it cannot use."""
-    path, config = syncnet_files(weights)
-    state = read_checkpoint(path).state_dict  # read again by the loader: a cost paid once per process
-    data = None if is_syncnet_v2(state) else stable_syncnet_config(path, state, config)
-    del state  # before the loader reads its own copy
-    if data is None:
-        return _lse_evaluator(path, device)
-    return _stable_evaluator(data, path, device, where=str(config or path))
+    network = load_sync_network(weights, device)
+    if network.is_v2:
+        return _lse_evaluator(network.net)  # type: ignore[arg-type]
+    return _stable_evaluator(network)
 
 
-def _lse_evaluator(path: Path, device: str) -> Evaluator:
-    net = load_syncnet_v2(path, device)
-
+def _lse_evaluator(net: SyncNetV2) -> Evaluator:
     def evaluate(clip: Path) -> dict[str, float]:
         result = lse_eval.lse(_square_frames(clip, CROP_SIZE), load_audio(clip), net, SEARCH)
         return {"conf": result.confidence, "dist": result.distance, "offset": result.offset,
@@ -144,23 +70,14 @@ def _lse_evaluator(path: Path, device: str) -> Evaluator:
     return evaluate
 
 
-def _stable_evaluator(data: dict[str, Any], path: Path, device: str, where: str) -> Evaluator:
+def _stable_evaluator(network: SyncNetwork) -> Evaluator:
     """A StableSyncNet scores 16-frame pixel windows at its training resolution (`data.resolution`)."""
-    settings = data.get("data") or {}
-    if settings.get("latent_space") or not settings.get("lower_half", True) or settings.get("num_frames") != WINDOW:
-        raise ConfigError(
-            f"--syncnet: {where} is a SyncNet on {settings.get('num_frames')}-frame "
-            f"{'latent' if settings.get('latent_space') else 'pixel'} windows; the sync step scores 16-frame "
-            "pixel windows of the mouth (e.g. presets small, syncnet_16_pixel, syncnet_16_pixel_attn)"
-        )
-    if not isinstance(settings.get("resolution"), int):
-        raise ConfigError(f"--syncnet: {where} has no data.resolution (the face size the SyncNet was trained on)")
-    resolution = settings["resolution"]
-    net = load_syncnet(data, path, device)
+    resolution = stable_syncnet_resolution(network)
+    net = network.net
 
     def evaluate(clip: Path) -> dict[str, float]:
         crops: list[np.ndarray | None] = list(_square_frames(clip, resolution))
-        conf, offset, _ = stable_syncnet_offset(net, crops, load_audio(clip), SEARCH, STRIDE)
+        conf, offset, _ = stable_syncnet_offset(net, crops, load_audio(clip), SEARCH, STRIDE)  # type: ignore[arg-type]
         return {"conf": conf, "offset": offset, "min_conf": MIN_STABLE_CONFIDENCE}
 
     return evaluate
