@@ -252,6 +252,8 @@ def test_hostile_names_and_paths(tmp_path, model, pipelines, media):
         for path in [str(secret), f"{allowed}/../secret.mp4", str(allowed / "escape.mp4"), "/etc/passwd"]:
             answer = client.post("/jobs", data={"video_path": path, "audio_path": str(media["audio"])})
             assert answer.status_code == 403, path
+        too_long = client.post("/jobs", data={"video_path": str(allowed / ("a" * 5000))})
+        assert too_long.status_code == 422 and "no such file" in too_long.json()["detail"]
         ok = client.post("/jobs", data={"video_path": str(allowed / "face.mp4"), "steps": STEPS})
         assert ok.status_code == 422 and "no audio stream" in ok.json()["detail"]  # reached the media check
         for bad_id in ["..", "..%2F..%2Fetc", "0" * 31 + "g", "%2e%2e"]:

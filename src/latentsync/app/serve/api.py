@@ -210,7 +210,11 @@ def create_app(manager: JobManager) -> FastAPI:
         resolved = Path(path).resolve()
         if not any(resolved.is_relative_to(d.resolve()) for d in config.allowed_dirs):
             raise HTTPException(403, f"{role}_path: outside the folders this service may read")
-        if not resolved.is_file():
+        try:
+            found = resolved.is_file()
+        except OSError:  # e.g. a name too long for the file system
+            found = False
+        if not found:
             raise HTTPException(422, f"{role}_path: no such file")
         return str(resolved)
 
