@@ -138,7 +138,10 @@ def test_job_result_equals_a_direct_run(tmp_path, model, pipelines, media):
     pipelines.get(model).run(media["video"], media["audio"], direct, RunOptions(steps=STEPS, seed=3))
     a, b = (np.stack(list(VideoFrames(p).iter_range(0, len(VideoFrames(p))))) for p in (served, direct))
     assert a.shape == b.shape
-    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # the same run, up to encoder rounding
+    # The same run, up to float reduction order (a worker thread's OpenMP team can differ from the main
+    # thread's on a many-core machine) and encoder rounding; another seed measures about 26 dB here.
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    assert mse == 0 or 10 * np.log10(255**2 / mse) >= 40
 
 
 def test_concurrent_submissions_all_complete(tmp_path, model, pipelines, media):
