@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from media.clips import write_clip
 from media.faces import astronaut, astronaut_frames
+from media.recording import record_written_frames
 from media.speech import speech, write_audio
 
-import latentsync.pipeline.lipsync as lipsync_mod
 from latentsync.audio.load import load_audio
 from latentsync.face.align import Aligner
 from latentsync.face.track import parse_face_selector
@@ -22,7 +22,6 @@ from latentsync.models.create import create_model_dir
 from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions
 from latentsync.pipeline.report import StageClock
 from latentsync.video.reader import VideoFrames, probe
-from latentsync.video.writer import VideoWriter
 
 STEPS = 2  # the pipeline's mechanics, not image quality, are under test
 TEXT = "Hello there. This is a short test of lip sync."
@@ -59,15 +58,7 @@ def media(tmp_path_factory) -> dict:
 @pytest.fixture()
 def recorded(monkeypatch) -> list[np.ndarray]:
     """Frames exactly as the pipeline hands them to the encoder (the file itself is lossy)."""
-    frames: list[np.ndarray] = []
-
-    class Recording(VideoWriter):
-        def write(self, frame: np.ndarray) -> None:
-            frames.append(frame.copy())
-            super().write(frame)
-
-    monkeypatch.setattr(lipsync_mod, "VideoWriter", Recording)
-    return frames
+    return record_written_frames(monkeypatch)
 
 
 def expected_frames(audio_path) -> int:
@@ -187,6 +178,8 @@ def cli_error(capsys, *argv: str) -> str:
         ("out not writable", "folder"),
         ("cuda absent", "no CUDA device"),
         ("bad face", "--face"),
+        ("bad cache interval", "--cache-interval must be at least 1"),
+        ("cache deeper than the U-Net", "--cache-depth must be at most"),
     ],
 )
 def test_cli_errors_are_one_line_and_write_nothing(pipeline, media, bad_inputs, tmp_path, capsys, case, needle):
@@ -208,6 +201,8 @@ def test_cli_errors_are_one_line_and_write_nothing(pipeline, media, bad_inputs, 
         "out not writable": [clip, wav, "-o", str(tmp_path / "no" / "such" / "dir.mp4")],
         "cuda absent": [clip, wav, "--device", "cuda"],
         "bad face": [clip, wav, "--face", "1,2,3"],
+        "bad cache interval": [clip, wav, "--cache-interval", "0"],
+        "cache deeper than the U-Net": [clip, wav, "--cache-interval", "2", "--cache-depth", "9"],
     }[case]
     if case == "missing weights":
         shutil.copytree(model, tmp_path / "broken")

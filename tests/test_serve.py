@@ -144,6 +144,26 @@ def test_job_result_equals_a_direct_run(tmp_path, model, pipelines, media):
     assert mse == 0 or 10 * np.log10(255**2 / mse) >= 40
 
 
+def frames(path: Path) -> np.ndarray:
+    return np.stack(list(VideoFrames(path).iter_range(0, len(VideoFrames(path))))).astype(float)
+
+
+def test_speed_options_reach_the_run(tmp_path, model, pipelines, media):
+    with service(tmp_path / "svc", model, pipelines) as (client, _):
+        answer = submit(client, media, seed=3, sampler="dpm++", cache_interval=2)
+        assert answer.status_code == 202, answer.text
+        done = wait(client, answer.json()["id"])
+        assert done["status"] == "done", done
+        served = tmp_path / "served.mp4"
+        served.write_bytes(client.get(f"/jobs/{done['id']}/result").content)
+    runs = {}
+    for name, options in {"same": {"sampler": "dpm++", "cache_interval": 2}, "ddim": {}}.items():
+        runs[name] = tmp_path / f"{name}.mp4"
+        pipelines.get(model).run(media["video"], media["audio"], runs[name], RunOptions(steps=STEPS, seed=3, **options))
+    mse = {name: np.mean((frames(served) - frames(path)) ** 2) for name, path in runs.items()}
+    assert mse["same"] < mse["ddim"] / 10  # the job ran with its own sampler settings, not the defaults
+
+
 def test_concurrent_submissions_all_complete(tmp_path, model, pipelines, media):
     with service(tmp_path, model, pipelines, workers=2) as (client, _):
         answers: list[Any] = [None] * 4
@@ -222,6 +242,8 @@ def test_oversize_uploads_get_413(tmp_path, model, pipelines, media):
         ({}, {"video": "video"}, "has no audio stream"),  # no audio upload, and the video is silent
         ({"steps": 0}, {"video": "video", "audio": "audio"}, "steps"),
         ({"face": "bogus"}, {"video": "video", "audio": "audio"}, "--face 'bogus'"),
+        ({"sampler": "euler"}, {"video": "video", "audio": "audio"}, "sampler"),
+        ({"cache_interval": 0}, {"video": "video", "audio": "audio"}, "cache_interval"),
         ({"model": "1.6"}, {"video": "video", "audio": "audio"}, "is not served here"),
         ({}, {"audio": "audio"}, "exactly one of a `video` upload or a `video_path`"),
         ({}, {"video": "video", "audio": "long_audio"}, "this service takes at most 3 s"),

@@ -66,9 +66,11 @@ def _run(args: argparse.Namespace) -> int:
     from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions, preflight
     from latentsync.pipeline.progress import progress_bar
 
-    options = RunOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, face=args.face, crf=args.crf)
+    options = RunOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, face=args.face, crf=args.crf,
+                         sampler=args.sampler, cache_interval=args.cache_interval, cache_depth=args.cache_depth,
+                         batch=args.batch)
     preflight(args.video, args.audio, args.out)
-    pipeline = LipSyncPipeline.from_model(args.model, args.device, args.dtype)
+    pipeline = LipSyncPipeline.from_model(args.model, args.device, args.dtype, args.compile, args.channels_last)
     with progress_bar("lip-sync", unit="frame", quiet=args.quiet) as progress:
         report = pipeline.run(args.video, args.audio, args.out, options, progress)
     print(report.summary())
@@ -271,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("audio", type=Path, nargs="?", help="speech (audio or video file); default: VIDEO's own audio")
     run.add_argument("-o", "--out", required=True, type=Path, help="output .mp4 (written only when the run succeeds)")
     run.add_argument("--model", default="1.6", help="1.5, 1.6 or a model folder (default 1.6)")
-    run.add_argument("--steps", type=int, help="DDIM steps (default: the model's, 20 for 1.5/1.6)")
+    run.add_argument("--steps", type=int, help="sampler steps (default: the model's, 20 for 1.5/1.6)")
     run.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's, 1.5 for 1.5/1.6)")
     run.add_argument("--seed", type=int, default=1247)
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -279,6 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--face", default="largest", help="speaker: largest, N (N-th face from the left, 0-based) or x,y")
     run.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18, visually lossless)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    speed = run.add_argument_group("speed (measured trade-offs: bench/RESULTS.md)")
+    speed.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++"],
+                       help="ddim (upstream) or dpm++ (DPM-Solver++, for 8-12 steps)")
+    speed.add_argument("--cache-interval", type=int, default=1, metavar="N",
+                       help="DeepCache: run the deep U-Net levels every N-th step only (default 1: every step)")
+    speed.add_argument("--cache-depth", type=int, default=1, metavar="L",
+                       help="DeepCache branch: outer U-Net levels recomputed on the other steps (default 1)")
+    speed.add_argument("--batch", type=int, default=1, metavar="N", help="chunks of 16 frames denoised together")
+    speed.add_argument("--compile", default="off", choices=["off", "default", "reduce-overhead", "max-autotune"],
+                       help="torch.compile the U-Net and VAE decoder (reduce-overhead adds CUDA graphs)")
+    speed.add_argument("--channels-last", action="store_true", help="channels-last memory layout for the convolutions")
     run.set_defaults(handler=_run)
 
     app = sub.add_parser("app", help="the web page: upload a video and speech, lip-sync in the browser")

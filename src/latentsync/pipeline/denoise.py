@@ -3,10 +3,18 @@
 Per chunk of F (<= 16) aligned crops: mask the lower face, VAE-encode the masked and the unmasked crops
 (the unmasked ones are the reference), start from the video's shared initial noise, run DDIM with
 classifier-free guidance on the audio, decode, and keep the original pixels wherever the mask says keep.
+
+Speed settings (each measured in bench/RESULTS.md): the sampler and its step count; DeepCache (`cache_interval`
+> 1: the deep U-Net features are recomputed every N-th step only); and several chunks denoised as one batch, which
+reads the U-Net's weights once per step for all of them. The masked and reference latents are encoded once per
+chunk and reused by every step, and a crop seen before in the run (a still image, a looped video) is not encoded
+again.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,11 +23,13 @@ import torch.nn.functional as F
 
 from latentsync.models.modeldir import Models
 from latentsync.models.scheduler import make_scheduler
-from latentsync.models.vae import decode, encode
+from latentsync.models.unet import FeatureCache
+from latentsync.models.vae import decode, latent_moments, sample_latents
 from latentsync.pipeline.guidance import predict_noise
 
 LATENT_CHANNELS = 4
 VAE_FACTOR = 8
+MOMENTS_KEPT = 256  # encoded crops remembered per run (about 32 MB at 512 px in fp16)
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,9 @@ class DenoiseSettings:
     guidance: float = 1.5
     seed: int = 1247
     num_frames: int = 16  # frames the U-Net sees at once (its motion modules were trained on 16)
+    sampler: str = "ddim"
+    cache_interval: int = 1  # DeepCache: full U-Net every N-th step (1 = every step, no reuse)
+    cache_depth: int = 1  # DeepCache branch: outer levels recomputed on the other steps
 
 
 class ChunkDenoiser:
@@ -40,42 +53,83 @@ class ChunkDenoiser:
         res = models.resolution
         self.pixel_mask = torch.tensor(mask, dtype=self.dtype, device=self.device)[None, None]  # [1,1,res,res]
         self.latent_mask = F.interpolate(self.pixel_mask, size=(res // VAE_FACTOR, res // VAE_FACTOR))  # nearest
-        self.scheduler = make_scheduler()
-        self.scheduler.set_timesteps(settings.steps, device=self.device)
+        self.scheduler = make_scheduler(settings.sampler)
         # Upstream draws one [1, 4, 1, h, w] noise for the whole video and repeats it over frames, which keeps
         # the generated mouth texture consistent from chunk to chunk.
         self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
         size = res // VAE_FACTOR
         noise = torch.randn(1, LATENT_CHANNELS, 1, size, size, generator=self.generator)
         self.initial_noise = (noise * self.scheduler.init_noise_sigma).to(self.device, self.dtype)
+        self.moments: OrderedDict[bytes, tuple[torch.Tensor, ...]] = OrderedDict()  # crop digest -> VAE moments
 
     @torch.no_grad()
     def __call__(self, crops: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """crops uint8 [F, res, res, 3] (F <= num_frames), audio tokens [F, 50, D] -> uint8 [F, res, res, 3]."""
-        n = crops.shape[0]
-        order = _pad_order(n, self.settings.num_frames)
-        faces = crops[order].to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1.0  # [F', 3, res, res]
-        audio = audio[order].to(self.device, self.dtype)
-        frames = faces.shape[0]
+        return self.batch([(crops, audio)])[0]
 
-        masked_latents = self._encode(faces * self.pixel_mask)
-        ref_latents = self._encode(faces)
-        mask = self.latent_mask.unsqueeze(2).expand(1, 1, frames, *self.latent_mask.shape[-2:])
-        latents = self.initial_noise.expand(1, LATENT_CHANNELS, frames, *self.initial_noise.shape[-2:]).clone()
-        for t in self.scheduler.timesteps:
+    @torch.no_grad()
+    def batch(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """Several chunks (crops, audio) denoised together as a batch of 16-frame clips; one result per chunk.
+
+        Each chunk's latents are encoded (and its results decoded) on its own, in order, so the random draws and
+        the VAE's memory are those of one chunk; only the U-Net steps run on the whole batch.
+        """
+        faces, audio, masked, ref = [], [], [], []
+        for crops, tokens in chunks:
+            order = _pad_order(crops.shape[0], self.settings.num_frames)
+            pixels = crops[order].to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1.0  # [F', 3, r, r]
+            faces.append(pixels)
+            audio.append(tokens[order].to(self.device, self.dtype))
+            chunk_masked, chunk_ref = self._latents(crops[order], pixels)
+            masked.append(chunk_masked)
+            ref.append(chunk_ref)
+        b, frames = len(chunks), faces[0].shape[0]
+        masked_latents, ref_latents, audio_embeds = torch.cat(masked), torch.cat(ref), torch.stack(audio)
+        mask = self.latent_mask.unsqueeze(2).expand(b, 1, frames, *self.latent_mask.shape[-2:])
+        latents = self.initial_noise.expand(b, LATENT_CHANNELS, frames, *self.initial_noise.shape[-2:]).clone()
+
+        self.scheduler.set_timesteps(self.settings.steps, device=self.device)  # also resets a multistep solver
+        cache = FeatureCache(depth=self.settings.cache_depth) if self.settings.cache_interval > 1 else None
+        for i, t in enumerate(self.scheduler.timesteps):
+            if cache is not None:
+                cache.refresh = i % self.settings.cache_interval == 0
             eps = predict_noise(
-                self.models.unet, latents, mask, masked_latents, ref_latents, t, audio[None], self.settings.guidance
+                self.models.unet, latents, mask, masked_latents, ref_latents, t, audio_embeds, self.settings.guidance,
+                cache=cache,
             )
             latents = self.scheduler.step(eps, t, latents).prev_sample
 
-        decoded = decode(self.models.vae, latents[0].transpose(0, 1)).clamp(-1, 1)  # [F', 3, res, res]
-        out = decoded * (1 - self.pixel_mask) + faces * self.pixel_mask
-        pixels = ((out[:n] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return pixels.permute(0, 2, 3, 1).cpu()
+        results = []
+        for k, ((crops, _), pixels) in enumerate(zip(chunks, faces)):
+            decoded = decode(self.models.vae, latents[k].transpose(0, 1)).clamp(-1, 1)  # [F', 3, res, res]
+            out = decoded * (1 - self.pixel_mask) + pixels * self.pixel_mask
+            out = ((out[: crops.shape[0]] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            results.append(out.permute(0, 2, 3, 1).cpu())
+        return results
 
-    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[F, 3, res, res] -> [1, 4, F, h, w] latents, sampled with the run's generator as upstream does."""
-        latents = encode(self.models.vae, pixels, generator=_device_generator(self.generator, self.device))
+    def _latents(self, crops: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's masked and reference latents, each [1, 4, F, h, w], sampled with the run's generator as
+        upstream does. The VAE runs only on crops this run has not encoded yet: a still image, a looped video's
+        repeats and a short chunk's padding reuse the posterior moments of identical crops."""
+        keys = [hashlib.blake2b(crop.numpy().tobytes(), digest_size=16).digest() for crop in crops]
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+            if k in self.moments:
+                self.moments.move_to_end(k)  # recently used: kept longest
+        new = [i for k, i in first.items() if k not in self.moments]
+        if new:
+            fresh = pixels[new]
+            moments = (*latent_moments(self.models.vae, fresh * self.pixel_mask), *latent_moments(self.models.vae, fresh))
+            for j, i in enumerate(new):
+                self.moments[keys[i]] = tuple(m[j] for m in moments)
+        while len(self.moments) > MOMENTS_KEPT:  # the oldest are never this chunk's
+            self.moments.popitem(last=False)
+        stacked = [torch.stack([self.moments[k][n] for k in keys]) for n in range(4)]
+        return self._sample(*stacked[:2]), self._sample(*stacked[2:])
+
+    def _sample(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        latents = sample_latents(mean, std, generator=_device_generator(self.generator, self.device))
         return latents.transpose(0, 1).unsqueeze(0)
 
 

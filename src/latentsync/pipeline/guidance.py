@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latentsync.models.unet import FeatureCache
+
 
 def unet_input(
     noisy_latents: torch.Tensor, mask: torch.Tensor, masked_latents: torch.Tensor, ref_latents: torch.Tensor
@@ -30,12 +32,13 @@ def predict_noise(
     timestep: torch.Tensor | int | float,
     audio_embeds: torch.Tensor,
     guidance_scale: float,
+    cache: FeatureCache | None = None,
 ) -> torch.Tensor:
     """Predicted noise `[B, 4, F, h, w]`.
 
     Latents are `[B, 4, F, h, w]`, the mask `[B or 1, 1, F or 1, h, w]`, audio `[B, F, 50, D]`, the timestep
     0-dim or `[B]`. With `guidance_scale > 1`: eps_uncond + g * (eps_audio - eps_uncond) from one call on the
-    doubled batch; with 1: one conditional call.
+    doubled batch; with 1: one conditional call. `cache` is passed on to the U-Net (DeepCache).
     """
     if guidance_scale < 1:
         raise ValueError(f"guidance_scale must be >= 1 (1 = no guidance), got {guidance_scale}")
@@ -43,9 +46,9 @@ def predict_noise(
         raise ValueError(f"audio_embeds must be [B, F, tokens, D], got shape {tuple(audio_embeds.shape)}")
     sample = unet_input(noisy_latents, mask, masked_latents, ref_latents)
     if guidance_scale == 1:
-        return unet(sample, timestep, audio_embeds)
+        return unet(sample, timestep, audio_embeds, cache=cache)
     t = torch.as_tensor(timestep, device=sample.device)
     t = t if t.ndim == 0 else torch.cat([t, t])
     audio = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])
-    eps_uncond, eps_audio = unet(torch.cat([sample, sample]), t, audio).chunk(2)
+    eps_uncond, eps_audio = unet(torch.cat([sample, sample]), t, audio, cache=cache).chunk(2)
     return eps_uncond + guidance_scale * (eps_audio - eps_uncond)

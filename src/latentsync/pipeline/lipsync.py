@@ -27,6 +27,8 @@ from latentsync.face.align import Aligner
 from latentsync.face.mask import load_mask
 from latentsync.face.track import FaceSelector, FaceTracker, parse_face_selector
 from latentsync.models.modeldir import ModelDir, Models
+from latentsync.models.optimize import optimize_models
+from latentsync.models.scheduler import SAMPLERS
 from latentsync.models.whisper import SAMPLE_RATE
 from latentsync.pipeline.denoise import ChunkDenoiser, DenoiseSettings
 from latentsync.pipeline.report import Progress, RunReport, StageClock, peak_rss_mb, peak_vram_mb
@@ -50,11 +52,21 @@ class RunOptions:
     seed: int = 1247
     face: str = "largest"
     crf: int = 18
+    sampler: str = "ddim"
+    cache_interval: int = 1
+    cache_depth: int = 1
+    batch: int = 1  # chunks of 16 frames denoised together
 
     def __post_init__(self) -> None:
         """Reject bad settings before any work, with the CLI's option names (the app and service reuse them)."""
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        for name, value in (("cache-interval", self.cache_interval), ("cache-depth", self.cache_depth),
+                            ("batch", self.batch)):
+            if value < 1:
+                raise ConfigError(f"--{name} must be at least 1, got {value}")
         if self.guidance is not None and self.guidance < 1.0:
             raise ConfigError(f"--guidance must be at least 1.0 (1.0 = no guidance), got {self.guidance}")
         if not 0 <= self.crf <= 51:
@@ -95,9 +107,14 @@ class LipSyncPipeline:
         self.mask = load_mask(models.resolution, models.spec.mask)
 
     @classmethod
-    def from_model(cls, model: str | Path = "1.6", device: str = "auto", dtype: str = "auto") -> "LipSyncPipeline":
+    def from_model(
+        cls, model: str | Path = "1.6", device: str = "auto", dtype: str = "auto", compile_mode: str = "off",
+        channels_last: bool = False,
+    ) -> "LipSyncPipeline":
+        """Load a model (`--model` value). `compile_mode` and `channels_last`: see `models.optimize`."""
         dev = resolve_device(device)
-        return cls(ModelDir.resolve(model).load(device=dev, dtype=resolve_dtype(dtype, dev)))
+        models = ModelDir.resolve(model).load(device=dev, dtype=resolve_dtype(dtype, dev))
+        return cls(optimize_models(models, compile_mode, channels_last))
 
     def run(
         self,
@@ -125,7 +142,13 @@ class LipSyncPipeline:
             steps=options.steps or int(defaults.get("steps", 20)),
             guidance=options.guidance or float(defaults.get("guidance_scale", 1.5)),
             seed=options.seed,
+            sampler=options.sampler,
+            cache_interval=options.cache_interval,
+            cache_depth=options.cache_depth,
         )
+        levels = len(self.models.unet.config.block_out_channels)
+        if options.cache_depth > levels:
+            raise ConfigError(f"--cache-depth must be at most {levels} (this U-Net's levels), got {options.cache_depth}")
         denoiser = ChunkDenoiser(self.models, self.mask, settings)
         report = RunReport(output=out)
         aligner_out = Aligner(self.models.resolution)
@@ -145,17 +168,33 @@ class LipSyncPipeline:
                 progress(report.frames, total)
 
         sink: Sink[_Chunk] = Sink(finish)
+        pending: list[_Chunk] = []
+
+        def denoise_pending() -> None:
+            """Denoise the face chunks waiting in `pending` as one batch, then pass all of them on in order."""
+            group = [c for c in pending if c.faces]
+            if group:
+                with clock("denoise"):
+                    inputs = [
+                        (torch.from_numpy(np.stack([f.crop for f in c.faces])),
+                         frame_windows(features, frames=torch.tensor([f.index for f in c.faces])))
+                        for c in group
+                    ]
+                    for chunk, crops in zip(group, denoiser.batch(inputs)):
+                        for f, crop in zip(chunk.faces, crops.numpy()):
+                            f.crop = crop
+            for chunk in pending:
+                sink.put(chunk)
+            pending.clear()
+
         try:
             frames = _timed(source.looped(total), clock, "decode")
-            for chunk in prefetch(self._prepare(frames, selector, clock, settings.num_frames)):
-                faces = chunk.faces
-                if faces:
-                    with clock("denoise"):
-                        crops = torch.from_numpy(np.stack([f.crop for f in faces]))
-                        tokens = frame_windows(features, frames=torch.tensor([f.index for f in faces]))
-                        for f, crop in zip(faces, denoiser(crops, tokens).numpy()):
-                            f.crop = crop
-                sink.put(chunk)
+            prepared = self._prepare(frames, selector, clock, settings.num_frames, still=source.info.is_image)
+            for chunk in prefetch(prepared, maxsize=options.batch + 1):
+                pending.append(chunk)
+                if sum(1 for c in pending if c.faces) == options.batch:
+                    denoise_pending()
+            denoise_pending()
             sink.close()
             if report.frames_without_face == report.frames:
                 raise NoFaceError(f"no face found in any frame of {video}")
@@ -170,23 +209,32 @@ class LipSyncPipeline:
         return report
 
     def _prepare(
-        self, frames: Iterable[tuple[int, np.ndarray]], selector: FaceSelector, clock: StageClock, chunk_faces: int
+        self, frames: Iterable[tuple[int, np.ndarray]], selector: FaceSelector, clock: StageClock, chunk_faces: int,
+        still: bool = False,
     ) -> Iterator[_Chunk]:
-        """Track and crop the speaker's face in every frame; cut chunks of `chunk_faces` face frames."""
+        """Track and crop the speaker's face in every frame; cut chunks of `chunk_faces` face frames.
+
+        A still image is fitted once: every frame then has the very same crop, so the landmarks run once and the
+        VAE encodes the crop once (`ChunkDenoiser` reuses identical crops), where per-frame tracking would jitter.
+        """
         aligner = Aligner(self.models.resolution)
         chunk = _Chunk()
         track_id = None
+        fitted: tuple[np.ndarray | None, np.ndarray | None] | None = None
         with FaceTracker(selector) as tracker:
             for index, (_, image) in enumerate(frames):
                 with clock("face"):
-                    face = tracker(image)
                     item = _Frame(index, image)
+                    face = tracker(image) if fitted is None else None
                     if face is not None:
                         if tracker.track_id != track_id:  # a new track: no smoothing across the break
                             aligner.reset()
                             track_id = tracker.track_id
                         item.affine = aligner.fit(face.points3)
                         item.crop = aligner.warp(image, item.affine)
+                    if still:
+                        fitted = fitted or (item.affine, item.crop)
+                        item.affine, item.crop = fitted
                 chunk.frames.append(item)
                 if item.crop is not None and len(chunk.faces) == chunk_faces:
                     yield chunk

@@ -38,6 +38,7 @@ from latentsync.video.reader import probe
 
 MAX_STEPS = 100  # beyond this a job only burns the queue: upstream uses 20, and quality saturates well before
 MAX_GUIDANCE = 10.0
+MAX_CACHE_INTERVAL = 10
 
 
 class Progress(BaseModel):
@@ -163,6 +164,9 @@ def create_app(manager: JobManager) -> FastAPI:
         guidance: Annotated[float | None, Form(ge=1.0, le=MAX_GUIDANCE, description="guidance scale")] = None,
         seed: Annotated[int, Form(ge=0, le=2**63 - 1)] = 1247,
         face: Annotated[str, Form(max_length=32, description="largest, N (N-th face from the left) or x,y")] = "largest",
+        sampler: Annotated[Literal["ddim", "dpm++"], Form(description="ddim (upstream) or dpm++ (8-12 steps)")] = "ddim",
+        cache_interval: Annotated[int, Form(ge=1, le=MAX_CACHE_INTERVAL,
+                                            description="DeepCache: deep U-Net levels every N-th step")] = 1,
     ) -> JSONResponse:
         if not manager.has_room():
             raise HTTPException(503, f"the queue is full ({config.queue_size} jobs); retry later")
@@ -174,13 +178,15 @@ def create_app(manager: JobManager) -> FastAPI:
         if audio is not None and audio_path is not None:
             raise HTTPException(422, "give at most one of an `audio` upload or an `audio_path`")
         try:
-            options = RunOptions(steps=steps, guidance=guidance, seed=seed, face=face)
+            options = RunOptions(steps=steps, guidance=guidance, seed=seed, face=face, sampler=sampler,
+                                 cache_interval=cache_interval)
         except LatentSyncError as exc:
             raise HTTPException(422, str(exc)) from None
         job_id = new_job_id()
         incoming = manager.store.incoming(job_id)
         try:
-            job = Job(job_id, model, {k: getattr(options, k) for k in ("steps", "guidance", "seed", "face")}, "")
+            kept = ("steps", "guidance", "seed", "face", "sampler", "cache_interval")
+            job = Job(job_id, model, {k: getattr(options, k) for k in kept}, "")
             job.video = _take(video, video_path, "video", incoming, job)
             job.audio = _take(audio, audio_path, "audio", incoming, job)
             _check_media(incoming / job.video, None if job.audio is None else incoming / job.audio, config.max_seconds)

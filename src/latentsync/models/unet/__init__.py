@@ -11,9 +11,10 @@ from latentsync.models.unet.config import (
     unet_presets,
 )
 from latentsync.models.unet.loading import UNetLoadReport, load_unet, load_unet_weights
-from latentsync.models.unet.unet import UNet3DConditionModel
+from latentsync.models.unet.unet import FeatureCache, UNet3DConditionModel
 
 __all__ = [
+    "FeatureCache",
     "MotionModuleConfig",
     "UNet3DConditionModel",
     "UNetConfig",

@@ -92,13 +92,14 @@ class DownBlock3D(UNetStage):
         self.downsamplers = nn.ModuleList([Downsample(out_channels)]) if add_downsample else None
 
     def forward(
-        self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None, num_frames: int
+        self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None, num_frames: int,
+        downsample: bool = True,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
         for i in range(len(self.resnets)):
             x = self._layer(i, x, temb, context, num_frames)
             skips.append(x)
-        if self.downsamplers is not None:
+        if self.downsamplers is not None and downsample:
             x = self.downsamplers[0](x)
             skips.append(x)
         return x, skips

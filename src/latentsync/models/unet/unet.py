@@ -6,12 +6,16 @@ audio tokens; output the predicted noise `[B, 4, F, h, w]`. Parameter names, sha
 
 Internally the frames are folded into the batch once at the input (`[(B*F), C, h, w]`) and unfolded once at
 the output; every layer works on that layout (see `resnet.py` for why this needs no per-layer copies).
+
+`FeatureCache` is DeepCache (Ma et al. 2024): the deep part of the U-Net changes slowly from one denoising step
+to the next, so on most steps only the outermost levels are recomputed and the deep features are reused.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -43,6 +47,21 @@ def timestep_features(
     args = timesteps[:, None].float() * torch.exp(steps * (-math.log(10000.0) / (half - freq_shift)))[None, :]
     parts = (torch.cos(args), torch.sin(args)) if flip_sin_to_cos else (torch.sin(args), torch.cos(args))
     return torch.cat(parts, dim=-1)
+
+
+@dataclass
+class FeatureCache:
+    """Deep features kept between denoising steps of one trajectory (one per chunk and run).
+
+    `depth` is the branch: how many resolution levels, from the outermost, a cached step recomputes (1 = only
+    the full-resolution level, the cheapest and the one DeepCache uses by default for SD). On a step with
+    `refresh` set the whole U-Net runs and stores the input of those outer up blocks; on the others the down
+    path stops after `depth` levels and the stored features stand in for everything below.
+    """
+
+    depth: int = 1
+    refresh: bool = True
+    features: torch.Tensor | None = None
 
 
 class TimestepEmbedding(nn.Module):
@@ -126,13 +145,14 @@ class UNet3DConditionModel(nn.Module):
         sample: torch.Tensor,
         timestep: torch.Tensor | int | float,
         encoder_hidden_states: torch.Tensor | None = None,
+        cache: FeatureCache | None = None,
     ) -> torch.Tensor:
         """Predict the noise.
 
         sample: `[B, in_channels, F, h, w]`. timestep: 0-dim (shared) or `[B]`, int or float.
         encoder_hidden_states: audio tokens `[B, F, S, D]` or `[(B*F), S, D]` (frame f of clip b attends to its
         own S tokens either way), or None to skip the audio cross-attention. Inputs are cast to the parameter
-        dtype. Returns `[B, out_channels, F, h, w]`.
+        dtype. `cache`: reuse deep features across steps (`FeatureCache`). Returns `[B, out_channels, F, h, w]`.
         """
         if sample.ndim != 5:
             raise ValueError(f"sample must be [B, C, F, H, W], got shape {tuple(sample.shape)}")
@@ -147,13 +167,26 @@ class UNet3DConditionModel(nn.Module):
         temb = self.time_embedding(temb.to(dtype))
         context = self._audio_context(encoder_hidden_states, b, f)
 
+        levels = len(self.down_blocks)
+        outer = levels if cache is None else cache.depth
+        if not 1 <= outer <= levels:
+            raise ValueError(f"cache depth must be 1..{levels}, got {outer}")
+        reuse = cache is not None and not cache.refresh and cache.features is not None
         x = self.conv_in(sample.to(dtype).transpose(1, 2).reshape(b * f, c, h, w))
         skips = [x]
-        for block in self.down_blocks:
-            x, block_skips = block(x, temb, context, f)
+        for i, block in enumerate(self.down_blocks[:outer] if reuse else self.down_blocks):
+            # A cached step's last level feeds only the skips of the up path: its downsampled output is unused.
+            x, block_skips = block(x, temb, context, f, downsample=not (reuse and i == outer - 1))
             skips.extend(block_skips)
-        x = self.mid_block(x, temb, context, f)
-        for block in self.up_blocks:
+        if reuse:
+            x = cache.features
+        else:
+            x = self.mid_block(x, temb, context, f)
+        for j, block in enumerate(self.up_blocks):
+            if j < levels - outer and reuse:
+                continue
+            if j == levels - outer and cache is not None and not reuse:
+                cache.features = x
             k = len(block.resnets)
             block_skips, skips = skips[-k:], skips[:-k]
             # Upsample to the size of the next skip (2x unless an input side was not divisible by 2**levels).
