@@ -122,7 +122,7 @@ class ChunkDenoiser:
             fresh = pixels[new]
             moments = (*latent_moments(self.models.vae, fresh * self.pixel_mask), *latent_moments(self.models.vae, fresh))
             for j, i in enumerate(new):
-                self.moments[keys[i]] = tuple(m[j] for m in moments)
+                self.moments[keys[i]] = tuple(m[j].clone() for m in moments)  # not views that pin the batch
         while len(self.moments) > MOMENTS_KEPT:  # the oldest are never this chunk's
             self.moments.popitem(last=False)
         stacked = [torch.stack([self.moments[k][n] for k in keys]) for n in range(4)]
