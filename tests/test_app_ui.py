@@ -126,6 +126,12 @@ def test_lipsync_in_the_browser(page, media: dict[str, Path]) -> None:
     steps.fill("10")
     steps.press("Enter")
     expect(page.locator("#steps input[type=range]")).to_have_value("10")
+    page.get_by_text("Speed", exact=True).click()  # the closed accordion of speed settings
+    page.locator("#sampler").get_by_label("dpm++", exact=True).check()
+    interval = page.locator("#cache-interval input[type=number]")
+    interval.fill("2")
+    interval.press("Enter")
+    expect(page.locator("#cache-interval input[type=range]")).to_have_value("2")
 
     page.locator("#run").click()
     seen = set()  # (done, total) frames as the progress bar showed them while the run went on
@@ -147,7 +153,9 @@ def test_lipsync_in_the_browser(page, media: dict[str, Path]) -> None:
     }""")
     assert abs(played["duration"] - SPEECH_SECONDS) < 0.1, played  # the output lasts as long as the speech
     assert played["now"] > played["start"], played
-    expect(page.locator("#status textarea")).to_have_value(re.compile(r"40 frames, 0 without a face"))
+    expect(page.locator("#status textarea")).to_have_value(
+        re.compile(r"40 frames, 0 without a face.*; dpm\+\+, 10 steps, guidance 1.5, DeepCache every 2 steps")
+    )
     link = page.locator("#download a[href]").first
     body = page.request.get(link.get_attribute("href")).body()
     assert body[4:8] == b"ftyp", "the download is not an MP4"

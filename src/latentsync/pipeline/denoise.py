@@ -42,6 +42,13 @@ class DenoiseSettings:
     cache_interval: int = 1  # DeepCache: full U-Net every N-th step (1 = every step, no reuse)
     cache_depth: int = 1  # DeepCache branch: outer levels recomputed on the other steps
 
+    def describe(self) -> str:
+        """One line for run summaries: "ddim, 20 steps, guidance 1.5[, DeepCache every 2 steps (depth 1)]"."""
+        text = f"{self.sampler}, {self.steps} steps, guidance {self.guidance:g}"
+        if self.cache_interval > 1:
+            text += f", DeepCache every {self.cache_interval} steps (depth {self.cache_depth})"
+        return text
+
 
 class ChunkDenoiser:
     """Holds what is shared by every chunk of a run: scheduler, mask tensors, initial noise, generator."""

@@ -150,7 +150,7 @@ class LipSyncPipeline:
         if options.cache_depth > levels:
             raise ConfigError(f"--cache-depth must be at most {levels} (this U-Net's levels), got {options.cache_depth}")
         denoiser = ChunkDenoiser(self.models, self.mask, settings)
-        report = RunReport(output=out)
+        report = RunReport(output=out, sampling=settings.describe())
         aligner_out = Aligner(self.models.resolution)
         writer = VideoWriter(out, source.info.width, source.info.height, fps=FPS, crf=options.crf, audio_path=audio_src)
 

@@ -25,12 +25,13 @@ class RunReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     peak_vram_mb: float | None = None
+    sampling: str = ""  # what denoised it, e.g. "ddim, 20 steps, guidance 1.5": defaults come from the model
 
     def summary(self) -> str:
         fps = self.frames / self.seconds if self.seconds else 0.0
         return (
             f"wrote {self.output}: {self.frames} frames, {self.frames_without_face} without a face, "
-            f"{self.seconds:.1f} s ({fps:.2f} frames/s)"
+            f"{self.seconds:.1f} s ({fps:.2f} frames/s)" + (f"; {self.sampling}" if self.sampling else "")
         )
 
     def stage_table(self) -> str:
