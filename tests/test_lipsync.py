@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import wave
 from pathlib import Path
 
@@ -214,3 +215,24 @@ def test_cli_errors_are_one_line_and_write_nothing(pipeline, media, bad_inputs, 
     line = cli_error(capsys, "run", *argv, "--steps", "1", "--quiet")
     assert needle in line, line
     assert not out.exists() and not any(p.name.startswith(".out.mp4") for p in tmp_path.iterdir())
+
+
+def test_a_failed_run_stops_its_stage_threads(pipeline, media, tmp_path, monkeypatch):
+    from latentsync.pipeline.denoise import ChunkDenoiser
+
+    real = ChunkDenoiser.batch
+    done = []
+
+    def fail_second(self, chunks):
+        done.append(1)
+        if len(done) == 2:
+            raise RuntimeError("denoiser failed")
+        return real(self, chunks)
+
+    monkeypatch.setattr(ChunkDenoiser, "batch", fail_second)
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="denoiser failed") as failure:
+        pipeline.run(media["clip"], media["speech"], tmp_path / "out.mp4", RunOptions(steps=1))
+    assert failure.traceback  # the traceback, and the run's frames with it, are still held here
+    assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+    assert list(tmp_path.iterdir()) == []

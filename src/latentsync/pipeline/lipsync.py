@@ -1,12 +1,16 @@
 """`LipSyncPipeline`: video + speech -> lip-synced video, streamed chunk by chunk.
 
-Three stages run concurrently over bounded queues (see `stages.py`):
-  prepare  (thread): decode at 25 fps (ping-pong looped to the audio's length), track the speaker's face, align
-           and crop it; group frames into chunks of 16 face frames (face-less frames ride along untouched)
+Five stages run concurrently over bounded queues (see `stages.py`):
+  decode   (thread): frames at 25 fps, ping-pong looped to the audio's length
+  prepare  (thread): track the speaker's face, align and crop it; group frames into chunks of 16 face frames
+           (face-less frames ride along untouched)
   denoise  (caller): the model side (`denoise.py`) on each chunk's crops with that chunk's audio windows
-  finish   (thread): paste each edited crop back with a feathered mask and encode the frame
-Nothing holds more than a few chunks, so memory does not depend on the video's length. The output is encoded
-once and written to a temporary file that is renamed into place only when the run succeeds.
+  paste    (thread): paste each edited crop back with a feathered mask
+  encode   (thread): encode the frames
+Each CPU stage has a thread of its own, so on a machine with cores to spare the CPU side keeps up with the
+slowest single stage rather than with their sum. Nothing holds more than a few chunks, so memory does not depend
+on the video's length. The output is encoded once and written to a temporary file that is renamed into place
+only when the run succeeds.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from latentsync.video.reader import VideoFrames, VideoInfo, probe
 from latentsync.video.writer import VideoWriter, check_writable
 
 FPS = 25
+FRAMES_AHEAD = 16  # decoded frames queued for face tracking (16 x 2.7 MB at 720p)
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 T = TypeVar("T")
 
@@ -154,20 +159,23 @@ class LipSyncPipeline:
         aligner_out = Aligner(self.models.resolution)
         writer = VideoWriter(out, source.info.width, source.info.height, fps=FPS, crf=options.crf, audio_path=audio_src)
 
-        def finish(chunk: _Chunk) -> None:
-            with clock("paste"):
-                images = [
-                    f.image if f.affine is None else aligner_out.restore(f.image, f.crop, f.affine) for f in chunk.frames
-                ]
+        def encode(chunk: _Chunk) -> None:
             with clock("encode"):
-                for image in images:
-                    writer.write(image)
+                for f in chunk.frames:
+                    writer.write(f.image)
             report.frames += len(chunk.frames)
             report.frames_without_face += len(chunk.frames) - len(chunk.faces)
             if progress is not None:
                 progress(report.frames, total)
 
-        sink: Sink[_Chunk] = Sink(finish)
+        def paste(chunk: _Chunk) -> None:
+            with clock("paste"):
+                for f in chunk.faces:
+                    f.image = aligner_out.restore(f.image, f.crop, f.affine)
+            encoder.put(chunk)
+
+        encoder: Sink[_Chunk] = Sink(encode)
+        paster: Sink[_Chunk] = Sink(paste)
         pending: list[_Chunk] = []
 
         def denoise_pending() -> None:
@@ -184,22 +192,30 @@ class LipSyncPipeline:
                         for f, crop in zip(chunk.faces, crops.numpy()):
                             f.crop = crop
             for chunk in pending:
-                sink.put(chunk)
+                paster.put(chunk)
             pending.clear()
 
+        frames = prefetch(_timed(source.looped(total), clock, "decode"), maxsize=FRAMES_AHEAD)
+        prepared = self._prepare(frames, selector, clock, settings.num_frames, still=source.info.is_image)
+        chunks = prefetch(prepared, maxsize=options.batch + 1)
         try:
-            frames = _timed(source.looped(total), clock, "decode")
-            prepared = self._prepare(frames, selector, clock, settings.num_frames, still=source.info.is_image)
-            for chunk in prefetch(prepared, maxsize=options.batch + 1):
+            for chunk in chunks:
                 pending.append(chunk)
                 if sum(1 for c in pending if c.faces) == options.batch:
                     denoise_pending()
             denoise_pending()
-            sink.close()
+            paster.close()
+            encoder.close()
             if report.frames_without_face == report.frames:
                 raise NoFaceError(f"no face found in any frame of {video}")
             writer.close()
         except BaseException:
+            # Stop every stage thread now, outermost first: a traceback kept by the caller would otherwise keep
+            # the generators, their threads and their queued frames alive.
+            for generator in (chunks, prepared, frames):
+                generator.close()
+            paster.stop()
+            encoder.stop()
             writer.abort()
             raise
         report.seconds = time.perf_counter() - t_start

@@ -64,6 +64,7 @@ class Sink(Generic[T]):
         self._fn = fn
         self._q: queue.Queue = queue.Queue(maxsize)
         self._error: BaseException | None = None
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="sink", daemon=True)
         self._thread.start()
 
@@ -72,7 +73,7 @@ class Sink(Generic[T]):
             item = self._q.get()
             if item is _DONE:
                 return
-            if self._error is None:
+            if self._error is None and not self._stopped:
                 try:
                     self._fn(item)
                 except BaseException as exc:
@@ -86,6 +87,14 @@ class Sink(Generic[T]):
         self._q.put(_DONE)
         self._thread.join()
         self._raise()
+
+    def stop(self) -> None:
+        """Shut down after a failure elsewhere: what is still queued is dropped, nothing is raised, and the thread
+        ends (a thread left waiting would keep its queued frames alive for the life of a long-running service)."""
+        self._stopped = True
+        if self._thread.is_alive():
+            self._q.put(_DONE)
+            self._thread.join()
 
     def _raise(self) -> None:
         if self._error is not None:
