@@ -1,6 +1,6 @@
 """Per-stage timing of `latentsync run` on a synthetic talking-head clip.
 
-    .venv/bin/python bench/lipsync_stages.py --seconds 10 [--model DIR] [--steps 20] [--size 1280x720]
+    .venv/bin/python bench/lipsync_stages.py --seconds 10 [--model DIR] [--steps 20] [--size 1280x720] [--cpu-only]
 
 Makes its own input (the astronaut photo drifting in a 30 fps clip, TTS speech), runs the pipeline once and
 prints a Markdown table: ms per frame for decode, face (landmarks + align + crop), audio, denoise (VAE + U-Net),
@@ -49,7 +49,13 @@ def main() -> None:
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--cpu-only", action="store_true",
+                        help="the denoiser hands the crops back unchanged: the throughput of the CPU stages alone")
     args = parser.parse_args()
+    if args.cpu_only:
+        from latentsync.pipeline.denoise import ChunkDenoiser
+
+        ChunkDenoiser.batch = lambda self, chunks: [crops for crops, _ in chunks]  # type: ignore[method-assign]
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
