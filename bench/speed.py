@@ -79,23 +79,16 @@ def child(args: argparse.Namespace) -> None:
 def mouth_quality(reference: Path, others: dict[str, Path], resolution: int, mask_path: Path) -> dict[str, tuple[float, float]]:
     """(PSNR dB, mean SSIM) of each output's mouth region against the reference output's."""
     from latentsync.eval.metrics import ssim
+    from latentsync.eval.sync import aligned_frames
     from latentsync.face.align import Aligner
     from latentsync.face.mask import load_mask
-    from latentsync.face.track import FaceTracker
     from latentsync.video.reader import VideoFrames
 
     generated = load_mask(resolution, mask_path) < 0.5
     rows, cols = np.nonzero(generated)
     box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-    frames = VideoFrames(reference)
-    aligner, affines, track_id = Aligner(resolution), [], -1
-    with FaceTracker("largest") as tracker:
-        for image in frames.iter_range(0, len(frames)):
-            face = tracker(image)
-            if face is not None and tracker.track_id != track_id:
-                aligner.reset()
-                track_id = tracker.track_id
-            affines.append(None if face is None else aligner.fit(face.points3))
+    aligner = Aligner(resolution)
+    affines = [m for _, m in aligned_frames(reference, resolution)]
 
     def mouths(video: Path) -> list[np.ndarray]:
         clip = VideoFrames(video)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -37,23 +38,30 @@ class SyncScore:
     frames: int
 
 
-def face_crops(video: str | os.PathLike, resolution: int, selector: str = "largest") -> list[np.ndarray | None]:
-    """The speaker's aligned uint8 [res, res, 3] crop per frame (None where no face is found), as inference."""
+def aligned_frames(
+    video: str | os.PathLike, resolution: int, selector: str = "largest"
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Each frame with the speaker's image -> crop affine (None where no face is found), fitted as inference does;
+    `Aligner(resolution).warp(frame, affine)` cuts the crop."""
     aligner = Aligner(resolution)
-    crops: list[np.ndarray | None] = []
     track_id = -1
     frames = VideoFrames(video)
     with FaceTracker(selector) as tracker:
         for image in frames.iter_range(0, len(frames)):
             face = tracker(image)
             if face is None:
-                crops.append(None)
+                yield image, None
                 continue
             if tracker.track_id != track_id:
                 aligner.reset()
                 track_id = tracker.track_id
-            crops.append(aligner.warp(image, aligner.fit(face.points3)))
-    return crops
+            yield image, aligner.fit(face.points3)
+
+
+def face_crops(video: str | os.PathLike, resolution: int, selector: str = "largest") -> list[np.ndarray | None]:
+    """The speaker's aligned uint8 [res, res, 3] crop per frame (None where no face is found), as inference."""
+    aligner = Aligner(resolution)
+    return [None if m is None else aligner.warp(image, m) for image, m in aligned_frames(video, resolution, selector)]
 
 
 @torch.no_grad()
