@@ -70,13 +70,11 @@ class ChunkDenoiser:
         self.moments: OrderedDict[bytes, tuple[torch.Tensor, ...]] = OrderedDict()  # crop digest -> VAE moments
 
     @torch.no_grad()
-    def __call__(self, crops: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        """crops uint8 [F, res, res, 3] (F <= num_frames), audio tokens [F, 50, D] -> uint8 [F, res, res, 3]."""
-        return self.batch([(crops, audio)])[0]
-
-    @torch.no_grad()
     def batch(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """Several chunks (crops, audio) denoised together as a batch of 16-frame clips; one result per chunk.
+
+        Per chunk: crops uint8 [F, res, res, 3] (F <= num_frames) and audio tokens [F, 50, D] in, uint8
+        [F, res, res, 3] out.
 
         Each chunk's latents are encoded (and its results decoded) on its own, in order, so the random draws and
         the VAE's memory are those of one chunk; only the U-Net steps run on the whole batch.
