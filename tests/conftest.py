@@ -24,3 +24,14 @@ def _deterministic_cpu():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random model folder (tests/configs: 64 px U-Net with motion modules, tiny VAE), made once per session
+    and shared by every test that runs the pipeline; tests that change weights change their own loaded copy."""
+    from latentsync.models.create import create_model_dir
+
+    configs = Path(__file__).parent / "configs"
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    return create_model_dir(configs / "unet_tiny.yaml", folder, vae=configs / "vae_tiny", seed=0).root

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from latentsync.audio.load import load_audio
+from latentsync.audio.load import load_audio, read_audio
 from latentsync.errors import AudioError
 
 
@@ -110,3 +110,48 @@ def test_zero_length(tmp_path: Path) -> None:
         w.setsampwidth(2)
         w.setframerate(44100)
     assert "no audio samples" in _one_line_error(path)
+
+
+def damage_packet(path: Path, index: int, out: Path) -> Path:
+    """Copy `path` with the sync word of audio packet `index`'s AC-3 frame broken, which the decoder rejects
+    ("frame sync error"), as in a real file with one bad frame."""
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(audio=0) if p.size]
+        start, size = packets[index].pos, packets[index].size
+    data = bytearray(path.read_bytes())
+    sync = data.index(b"\x0b\x77", start, start + size + 64)
+    data[sync : sync + 2] = b"\x00\x00"
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_a_damaged_packet_becomes_silence_of_its_length(tmp_path: Path) -> None:
+    """One bad AC-3 frame of 94: the rest decodes, in place (same length, same samples before and after it)."""
+    good = write_media(tmp_path / "good.mka", "ac3", 48000, tone(48000, 3.0, 2))
+    bad = damage_packet(good, 40, tmp_path / "bad.mka")
+    with pytest.raises(av.error.InvalidDataError):  # what made the whole file unusable before
+        with av.open(str(bad)) as container:
+            for _ in container.decode(audio=0):
+                pass
+    clean, damaged = read_audio(good), read_audio(bad)
+    assert damaged.damaged_packets == 1 and damaged.seconds_lost == pytest.approx(0.032)
+    assert damaged.describe_damage() == "1 damaged audio packet(s) skipped (0.03 s replaced by silence)"
+    assert clean.damaged_packets == 0 and clean.describe_damage() == ""
+    assert damaged.samples.size == clean.samples.size
+    hole = slice(38 * 512, 43 * 512)  # packet 40 at 16 kHz (512 samples per AC-3 frame), plus decoder overlap
+    before, after = slice(0, hole.start), slice(hole.stop, None)
+    np.testing.assert_allclose(damaged.samples[before], clean.samples[before], atol=1e-3)
+    np.testing.assert_allclose(damaged.samples[after], clean.samples[after], atol=2e-2)
+    assert np.sum(np.abs(damaged.samples[hole]) < 1e-3) >= 400  # one frame of silence where it was (a tone elsewhere)
+
+
+def test_every_packet_damaged_is_an_error(tmp_path: Path) -> None:
+    good = write_media(tmp_path / "good.mka", "ac3", 48000, tone(48000, 0.2, 1))
+    bad = tmp_path / "bad.mka"
+    bad.write_bytes(good.read_bytes())
+    with av.open(str(good)) as container:
+        count = sum(1 for p in container.demux(audio=0) if p.size)
+    for i in range(count):
+        damage_packet(bad, i, bad)
+    with pytest.raises(AudioError, match=f"all {count} packets are damaged"):
+        load_audio(bad)

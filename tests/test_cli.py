@@ -85,3 +85,13 @@ def test_download_from_prefilled_cache(fake_hub, tmp_path):
 def test_download_offline_without_cache_fails_cleanly(tmp_path):
     env = {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1", "LATENTSYNC_HOME": str(tmp_path / "h")}
     assert_one_line_error(run_cli("download", "--model", "1.5", env=env), "not in the hub cache")
+
+
+def test_run_help_lists_the_bundled_demo_model(capsys):
+    from latentsync.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "1.5, 1.6, demo (the small bundled model) or a model folder" in help_text

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import threading
 import wave
-from pathlib import Path
 
 import av
 import numpy as np
@@ -18,22 +17,18 @@ from media.speech import speech, write_audio
 
 from latentsync.audio.load import load_audio
 from latentsync.face.align import Aligner
-from latentsync.face.track import parse_face_selector
-from latentsync.models.create import create_model_dir
+from latentsync.face.track import FaceStats, parse_face_selector
 from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions
 from latentsync.pipeline.report import StageClock
 from latentsync.video.reader import VideoFrames, probe
 
 STEPS = 2  # the pipeline's mechanics, not image quality, are under test
 TEXT = "Hello there. This is a short test of lip sync."
-CONFIGS = Path(__file__).parent / "configs"
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> LipSyncPipeline:
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    model = create_model_dir(CONFIGS / "unet_tiny.yaml", folder, vae=CONFIGS / "vae_tiny", seed=0).root
-    return LipSyncPipeline.from_model(model, "cpu", "fp32")
+def pipeline(tiny_model) -> LipSyncPipeline:
+    return LipSyncPipeline.from_model(tiny_model, "cpu", "fp32")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +80,7 @@ def test_run_keeps_everything_outside_the_face(pipeline, media, recorded, tmp_pa
 
     # The same frames the pipeline read (ping-pong looped: the audio is longer than the 2 s clip).
     inputs = [frame for _, frame in VideoFrames(media["clip"]).looped(total)]
-    chunks = pipeline._prepare(enumerate(inputs), parse_face_selector("largest"), StageClock(), 16)
+    chunks = pipeline._prepare(enumerate(inputs), parse_face_selector("largest"), StageClock(), 16, FaceStats())
     affines = {f.index: f.affine for chunk in chunks for f in chunk.frames}
     faceless = [i for i, m in affines.items() if m is None]
     assert report.frames_without_face == len(faceless) > 0
@@ -179,6 +174,7 @@ def cli_error(capsys, *argv: str) -> str:
         ("out not writable", "folder"),
         ("cuda absent", "no CUDA device"),
         ("bad face", "--face"),
+        ("face outside the frame, before the model loads", "--face 5000,10 is outside the 1280x720 frame"),
         ("bad cache interval", "--cache-interval must be at least 1"),
         ("cache deeper than the U-Net", "--cache-depth must be at most"),
     ],
@@ -202,6 +198,7 @@ def test_cli_errors_are_one_line_and_write_nothing(pipeline, media, bad_inputs, 
         "out not writable": [clip, wav, "-o", str(tmp_path / "no" / "such" / "dir.mp4")],
         "cuda absent": [clip, wav, "--device", "cuda"],
         "bad face": [clip, wav, "--face", "1,2,3"],
+        "face outside the frame, before the model loads": [clip, wav, "--face", "5000,10", "--model", "7.0"],
         "bad cache interval": [clip, wav, "--cache-interval", "0"],
         "cache deeper than the U-Net": [clip, wav, "--cache-interval", "2", "--cache-depth", "9"],
     }[case]
@@ -236,3 +233,39 @@ def test_a_failed_run_stops_its_stage_threads(pipeline, media, tmp_path, monkeyp
     assert failure.traceback  # the traceback, and the run's frames with it, are still held here
     assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "face,message",
+    [("5", r"--face 5: no frame has 6 faces \(at most 2 found"), ("99999,99999", "outside the 960x540 frame")],
+)
+def test_a_face_selector_that_names_nobody_says_why(pipeline, media, tmp_path, face, message):
+    from latentsync.errors import LatentSyncError
+
+    out = tmp_path / "o.mp4"
+    with pytest.raises(LatentSyncError, match=message):
+        pipeline.run(media["two"], media["speech"], out, RunOptions(steps=1, face=face))
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_faces_below_the_minimum_size_are_named_in_the_error(pipeline, media, tmp_path):
+    from latentsync.errors import NoFaceError
+
+    tiny = write_clip(tmp_path / "tiny.mp4", astronaut_frames(10, size=(200, 112), fps=25), fps=25)
+    with pytest.raises(NoFaceError, match=r"\d+ detected face\(s\) were smaller than the 50 px minimum \(largest 4\d px\)"):
+        pipeline.run(tiny, media["speech"], tmp_path / "o.mp4", RunOptions(steps=1))
+
+
+def test_a_damaged_audio_packet_is_skipped_and_reported(pipeline, media, tmp_path):
+    """One bad AC-3 frame in the speech: the run goes on, says so, and muxes the whole length."""
+    from test_audio_load import damage_packet, tone, write_media
+
+    good = write_media(tmp_path / "speech.mka", "ac3", 48000, tone(48000, 1.0, 2))
+    bad = damage_packet(good, 10, tmp_path / "bad.mka")
+    out = tmp_path / "o.mp4"
+    report = pipeline.run(media["clip"], bad, out, RunOptions(steps=1))
+    assert "1 damaged audio packet(s) skipped (0.03 s replaced by silence)" in report.summary()
+    assert report.frames == 26  # 1.003 s: the AC-3 encoder pads its last frame
+    with av.open(str(out)) as container:
+        audio = container.streams.audio[0]
+        assert float(audio.duration * audio.time_base) == pytest.approx(26 / 25, abs=0.025)

@@ -32,18 +32,15 @@ from media.speech import speech, write_audio
 from latentsync.app.pipelines import PipelineCache
 from latentsync.app.serve.api import create_app
 from latentsync.app.serve.service import JobManager, ServeConfig
-from latentsync.models.create import create_model_dir
 from latentsync.pipeline.lipsync import RunOptions
 from latentsync.video.reader import VideoFrames
 
-CONFIGS = Path(__file__).parent / "configs"
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    return str(create_model_dir(CONFIGS / "unet_tiny.yaml", folder, vae=CONFIGS / "vae_tiny", seed=0).root)
+def model(tiny_model) -> str:
+    return str(tiny_model)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from media.recording import record_written_frames
 from media.speech import speech, write_audio
 
 from latentsync.errors import ConfigError
-from latentsync.models.create import create_model_dir
 from latentsync.models.scheduler import make_scheduler, scheduler_config
 from latentsync.models.unet import FeatureCache, UNet3DConditionModel
 from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions
@@ -117,10 +116,8 @@ def test_unknown_sampler_and_bad_settings_are_config_errors():
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> LipSyncPipeline:
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    model = create_model_dir(CONFIGS / "unet_tiny.yaml", folder, vae=CONFIGS / "vae_tiny", seed=0).root
-    pipe = LipSyncPipeline.from_model(model, "cpu", "fp32")
+def pipeline(tiny_model) -> LipSyncPipeline:
+    pipe = LipSyncPipeline.from_model(tiny_model, "cpu", "fp32")
     randomise(pipe.models.unet)
     return pipe
 

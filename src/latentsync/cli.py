@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -13,6 +15,15 @@ from latentsync import __version__
 from latentsync.errors import ConfigError, LatentSyncError
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, docker stop, systemd), raised in the main thread as Ctrl-C is: whatever cleans up
+    after Ctrl-C (a run deletes its temporary output) cleans up after it too."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _model_init(args: argparse.Namespace) -> int:
@@ -69,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, face=args.face, crf=args.crf,
                          sampler=args.sampler, cache_interval=args.cache_interval, cache_depth=args.cache_depth,
                          batch=args.batch)
-    preflight(args.video, args.audio, args.out)
+    preflight(args.video, args.audio, args.out, args.face)
     pipeline = LipSyncPipeline.from_model(args.model, args.device, args.dtype, args.compile, args.channels_last)
     with progress_bar("lip-sync", unit="frame", quiet=args.quiet) as progress:
         report = pipeline.run(args.video, args.audio, args.out, options, progress)
@@ -264,15 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--force", action="store_true", help="replace OUT if it exists")
     pack.set_defaults(handler=_model_pack)
     info = model.add_parser("info", help="show what a --model resolves to")
-    info.add_argument("--model", required=True, help="1.5, 1.6 or a model folder")
+    info.add_argument("--model", required=True, help="1.5, 1.6, demo (bundled) or a model folder")
     info.add_argument("--check", action="store_true", help="load every component and run one guided U-Net step")
     info.set_defaults(handler=_model_info)
 
     run = sub.add_parser("run", help="lip-sync VIDEO to AUDIO and write OUT")
     run.add_argument("video", type=Path, help="video (any container/codec/fps) or a still image")
     run.add_argument("audio", type=Path, nargs="?", help="speech (audio or video file); default: VIDEO's own audio")
-    run.add_argument("-o", "--out", required=True, type=Path, help="output .mp4 (written only when the run succeeds)")
-    run.add_argument("--model", default="1.6", help="1.5, 1.6 or a model folder (default 1.6)")
+    # A str, not a Path: Path drops a trailing slash, which must reach check_writable to be refused.
+    run.add_argument("-o", "--out", required=True, help="output .mp4 (written only when the run succeeds)")
+    run.add_argument("--model", default="1.6", help="1.5, 1.6, demo (the small bundled model) or a model folder (default 1.6)")
     run.add_argument("--steps", type=int, help="sampler steps (default: the model's, 20 for 1.5/1.6)")
     run.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's, 1.5 for 1.5/1.6)")
     run.add_argument("--seed", type=int, default=1247)
@@ -349,16 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. SIGTERM is handled like Ctrl-C while it runs (here, not at import, and the previous handler
+    is restored after, so a program that imports latentsync keeps its own); exit status 128 + the signal."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there may handlers be set
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return args.handler(args)
     except LatentSyncError as exc:
         print(f"latentsync: error: {exc}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("latentsync: interrupted (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("latentsync: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:  # None: a handler set outside Python, which cannot be put back; the default instead
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ class FaceSelector:
             return cls("point", point=(int(match[1]), int(match[2])))
         raise ConfigError(f"--face {text!r}: {_SELECTOR_HELP}")
 
+    def check_frame(self, width: int, height: int) -> None:
+        """A point outside the frame cannot name anyone (it would silently pick the nearest face)."""
+        x, y = self.point
+        if self.mode == "point" and not (x < width and y < height):
+            raise ConfigError(f"--face {x},{y} is outside the {width}x{height} frame")
+
     def pick(self, faces: Sequence[Face], allowed: Sequence[int] | None = None) -> int | None:
         """Index into `faces` (sorted left to right) of the selected face among `allowed` ones, or None.
 
@@ -86,6 +92,26 @@ class FaceSelector:
 def parse_face_selector(text: str) -> FaceSelector:
     """The CLI's `--face` value as a FaceSelector; a one-line ConfigError on bad syntax."""
     return FaceSelector.parse(text)
+
+
+@dataclass
+class FaceStats:
+    """What the tracker saw, to explain a video in which the speaker was never found."""
+
+    most_faces: int = 0  # usable faces in the fullest frame
+    too_small: int = 0  # detections dropped for being under the minimum size
+    largest_too_small: float = 0.0  # the shorter side (px) of the biggest of those
+
+    def explain(self, video: object, selector: FaceSelector, min_size: float) -> str:
+        """The one-line reason no frame had the speaker."""
+        if selector.mode == "index" and self.most_faces:
+            return (f"--face {selector.index}: no frame has {selector.index + 1} faces (at most {self.most_faces} "
+                    f"found; faces are counted from the left, from 0)")
+        text = f"no face found in any frame of {video}"
+        if self.too_small and not self.most_faces:
+            text += (f": {self.too_small} detected face(s) were smaller than the {min_size:.0f} px minimum (largest "
+                     f"{self.largest_too_small:.0f} px); use a video where the face is bigger, or crop it")
+        return text
 
 
 @dataclass
@@ -132,12 +158,14 @@ def smooth_landmarks(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
 class FaceTracker:
     """Per frame, the speaker's (smoothed) face or None; see the module docstring for the rule."""
 
+    MIN_SIZE = 50.0  # px, upstream's smallest accepted box width (its height limit, 80 px, is relaxed here)
+
     def __init__(
         self,
         selector: FaceSelector | str = "largest",
         max_faces: int = 4,
         landmarker: FaceLandmarker | None = None,
-        min_size: float = 50.0,
+        min_size: float = MIN_SIZE,
         forget_after: int = 25,
     ) -> None:
         self.selector = FaceSelector.parse(selector) if isinstance(selector, str) else selector
@@ -146,6 +174,7 @@ class FaceTracker:
         self.min_size = min_size
         self.forget_after = forget_after
         self.track_id = -1  # increments at every (re-)acquisition of the speaker
+        self.stats = FaceStats()
         self.reset()
 
     def reset(self) -> None:
@@ -167,7 +196,9 @@ class FaceTracker:
 
     def __call__(self, frame: np.ndarray) -> Face | None:
         """The speaker in this RGB frame (landmarks smoothed, box as detected), or None if not in view."""
-        faces = [f for f in self.landmarker.detect(frame) if self.plausible(f, frame.shape)]
+        detected = self.landmarker.detect(frame)
+        faces = [f for f in detected if self.plausible(f, frame.shape)]
+        self._count(detected, faces)
         free = list(range(len(faces)))
         speaker = _match(self._box, faces, free) if self._visible and self._box is not None else None
         if speaker is not None:
@@ -194,6 +225,13 @@ class FaceTracker:
             assert self._smoothed is not None
             self._smoothed = smooth_landmarks(self._smoothed, face.landmarks)
         return replace(face, landmarks=self._smoothed)
+
+    def _count(self, detected: Sequence[Face], usable: Sequence[Face]) -> None:
+        self.stats.most_faces = max(self.stats.most_faces, len(usable))
+        for face in detected:
+            if min(face.size) < self.min_size:
+                self.stats.too_small += 1
+                self.stats.largest_too_small = max(self.stats.largest_too_small, min(face.size))
 
     def _follow_others(self, faces: Sequence[Face], free: list[int]) -> None:
         """Match remembered people to faces (most recently seen first) and take those faces out of `free`."""

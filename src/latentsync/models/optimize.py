@@ -13,7 +13,8 @@ import torch
 from latentsync.errors import ConfigError
 from latentsync.models.modeldir import Models
 
-# "reduce-overhead" adds CUDA graphs (shapes are static: chunks are always padded to 16 frames).
+# "reduce-overhead" adds CUDA graphs (shapes are static: every chunk is 16 frames but a video's last, which is
+# captured once more).
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 

@@ -2,7 +2,8 @@
 
 Per chunk of F (<= 16) aligned crops: mask the lower face, VAE-encode the masked and the unmasked crops
 (the unmasked ones are the reference), start from the video's shared initial noise, run DDIM with
-classifier-free guidance on the audio, decode, and keep the original pixels wherever the mask says keep.
+classifier-free guidance on the audio, decode, keep the original pixels wherever the mask says keep, then clamp.
+The video's last chunk has the frames that are left (fewer than 16), as upstream's: see `batch`.
 
 Speed settings (each measured in bench/RESULTS.md): the sampler and its step count; DeepCache (`cache_interval`
 > 1: the deep U-Net features are recomputed every N-th step only); and several chunks denoised as one batch, which
@@ -71,21 +72,33 @@ class ChunkDenoiser:
 
     @torch.no_grad()
     def batch(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-        """Several chunks (crops, audio) denoised together as a batch of 16-frame clips; one result per chunk.
+        """Several chunks (crops, audio) denoised together as a batch of clips; one result per chunk.
 
         Per chunk: crops uint8 [F, res, res, 3] (F <= num_frames) and audio tokens [F, 50, D] in, uint8
-        [F, res, res, 3] out.
+        [F, res, res, 3] out. A chunk shorter than the others (the video's last) is denoised on its own with the
+        frames it has, as upstream does; its neighbours still share U-Net calls.
 
         Each chunk's latents are encoded (and its results decoded) on its own, in order, so the random draws and
         the VAE's memory are those of one chunk; only the U-Net steps run on the whole batch.
         """
+        results: list[torch.Tensor] = []
+        start = 0
+        while start < len(chunks):  # runs of equal length, in order: the random draws stay in chunk order
+            stop = start + 1
+            while stop < len(chunks) and chunks[stop][0].shape[0] == chunks[start][0].shape[0]:
+                stop += 1
+            results += self._batch(chunks[start:stop])
+            start = stop
+        return results
+
+    def _batch(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """`batch` for chunks of one length."""
         faces, audio, masked, ref = [], [], [], []
         for crops, tokens in chunks:
-            order = _pad_order(crops.shape[0], self.settings.num_frames)
-            pixels = crops[order].to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1.0  # [F', 3, r, r]
+            pixels = crops.to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1.0  # [F, 3, r, r]
             faces.append(pixels)
-            audio.append(tokens[order].to(self.device, self.dtype))
-            chunk_masked, chunk_ref = self._latents(crops[order], pixels)
+            audio.append(tokens.to(self.device, self.dtype))
+            chunk_masked, chunk_ref = self._latents(crops, pixels)
             masked.append(chunk_masked)
             ref.append(chunk_ref)
         b, frames = len(chunks), faces[0].shape[0]
@@ -103,19 +116,13 @@ class ChunkDenoiser:
                 cache=cache,
             )
             latents = self.scheduler.step(eps, t, latents).prev_sample
-
-        results = []
-        for k, ((crops, _), pixels) in enumerate(zip(chunks, faces)):
-            decoded = decode(self.models.vae, latents[k].transpose(0, 1)).clamp(-1, 1)  # [F', 3, res, res]
-            out = decoded * (1 - self.pixel_mask) + pixels * self.pixel_mask
-            out = ((out[: crops.shape[0]] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            results.append(out.permute(0, 2, 3, 1).cpu())
-        return results
+        return [composite(decode(self.models.vae, latents[k].transpose(0, 1)), pixels, self.pixel_mask)
+                for k, pixels in enumerate(faces)]
 
     def _latents(self, crops: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chunk's masked and reference latents, each [1, 4, F, h, w], sampled with the run's generator as
-        upstream does. The VAE runs only on crops this run has not encoded yet: a still image, a looped video's
-        repeats and a short chunk's padding reuse the posterior moments of identical crops."""
+        upstream does. The VAE runs only on crops this run has not encoded yet: a still image and a looped video's
+        repeats reuse the posterior moments of identical crops."""
         keys = [hashlib.blake2b(crop.numpy().tobytes(), digest_size=16).digest() for crop in crops]
         first: dict[bytes, int] = {}
         for i, k in enumerate(keys):
@@ -138,14 +145,14 @@ class ChunkDenoiser:
         return latents.transpose(0, 1).unsqueeze(0)
 
 
-def _pad_order(n: int, target: int) -> torch.Tensor:
-    """Frame order for a chunk of n < target frames: mirror back and forth until `target` (outputs past n are
-    dropped). The U-Net's temporal layers were trained on full 16-frame windows; padding with the chunk's own
-    frames keeps the motion plausible, where upstream instead drops the last partial chunk."""
-    if n >= target:
-        return torch.arange(n)
-    cycle = list(range(n)) + list(range(n - 2, 0, -1)) or [0]
-    return torch.tensor([cycle[i % len(cycle)] for i in range(target)])
+def composite(decoded: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Upstream's order: keep the original pixels where the mask says keep, on the unclamped decode, and only then
+    clamp and quantise. Clamping first would pull a decode beyond [-1, 1] back before the blend, which changes
+    every pixel where the mask is between 0 and 1 (the 512 px mask's soft ring). In: [F, 3, r, r] in [-1, 1]
+    (the decode may overshoot), mask [1, 1, r, r] with 1 = keep. Out: uint8 [F, r, r, 3] on the CPU."""
+    out = decoded * (1 - mask) + pixels * mask
+    out = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return out.permute(0, 2, 3, 1).cpu()
 
 
 def _device_generator(cpu_generator: torch.Generator, device: torch.device) -> torch.Generator:

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from latentsync.audio.features import audio_features, frame_windows
-from latentsync.audio.load import load_audio
+from latentsync.audio.load import load_audio, read_audio
 from latentsync.errors import ConfigError, NoFaceError
 from latentsync.face.align import Aligner
 from latentsync.face.mask import load_mask
-from latentsync.face.track import FaceSelector, FaceTracker, parse_face_selector
+from latentsync.face.track import FaceSelector, FaceStats, FaceTracker, parse_face_selector
 from latentsync.models.modeldir import ModelDir, Models
 from latentsync.models.optimize import optimize_models
 from latentsync.models.scheduler import SAMPLERS
@@ -39,7 +39,8 @@ from latentsync.pipeline.report import Progress, RunReport, StageClock, peak_rss
 from latentsync.pipeline.runtime import resolve_device, resolve_dtype
 from latentsync.pipeline.stages import Sink, prefetch
 from latentsync.video.reader import VideoFrames, VideoInfo, probe
-from latentsync.video.writer import VideoWriter, check_writable
+from latentsync.video.output import check_writable
+from latentsync.video.writer import VideoWriter
 
 FPS = 25
 FRAMES_AHEAD = 16  # decoded frames queued for face tracking (16 x 2.7 MB at 720p)
@@ -96,10 +97,12 @@ class _Chunk:
         return [f for f in self.frames if f.crop is not None]
 
 
-def preflight(video: str | Path, audio: str | Path | None, out: str | Path) -> VideoInfo:
-    """Check the inputs and the output location cheaply, so bad input fails before a long model load."""
-    check_writable(Path(out))
+def preflight(video: str | Path, audio: str | Path | None, out: str | Path, face: str = "largest") -> VideoInfo:
+    """Check the inputs, the output location and the face selector cheaply, so bad input fails before a long
+    model load."""
+    check_writable(out, sources=(video, audio))
     info = probe(video)
+    parse_face_selector(face).check_frame(info.width, info.height)
     load_audio(Path(audio) if audio is not None else Path(video), SAMPLE_RATE)
     return info
 
@@ -131,15 +134,18 @@ class LipSyncPipeline:
     ) -> RunReport:
         """Lip-sync `video` to `audio` (default: the video's own soundtrack) and write `out` (an .mp4)."""
         t_start = time.perf_counter()
+        check_writable(out, sources=(video, audio))  # before any work; the inputs are checked as they are opened
         out = Path(out)
-        check_writable(out)  # before any work; the video and audio are checked as they are opened below
         selector = parse_face_selector(options.face)
         clock = StageClock()
         audio_src = Path(audio) if audio is not None else Path(video)
         source = VideoFrames(video)
+        selector.check_frame(source.info.width, source.info.height)
+        seen = FaceStats()
 
         with clock("audio"):
-            wav = load_audio(audio_src, SAMPLE_RATE)
+            decoded = read_audio(audio_src, SAMPLE_RATE)
+            wav = decoded.samples
             features = audio_features(wav, self.models.audio_encoder, dtype=self.models.dtype)
         total = math.ceil(len(wav) / SAMPLES_PER_FRAME)  # the frames the audio needs: no rounding to chunks
         defaults = self.models.spec.inference
@@ -155,9 +161,8 @@ class LipSyncPipeline:
         if options.cache_depth > levels:
             raise ConfigError(f"--cache-depth must be at most {levels} (this U-Net's levels), got {options.cache_depth}")
         denoiser = ChunkDenoiser(self.models, self.mask, settings)
-        report = RunReport(output=out, sampling=settings.describe())
+        report = RunReport(output=out, sampling=settings.describe(), audio_damage=decoded.describe_damage())
         aligner_out = Aligner(self.models.resolution)
-        writer = VideoWriter(out, source.info.width, source.info.height, fps=FPS, crf=options.crf, audio_path=audio_src)
 
         def encode(chunk: _Chunk) -> None:
             with clock("encode"):
@@ -174,8 +179,6 @@ class LipSyncPipeline:
                     f.image = aligner_out.restore(f.image, f.crop, f.affine)
             encoder.put(chunk)
 
-        encoder: Sink[_Chunk] = Sink(encode)
-        paster: Sink[_Chunk] = Sink(paste)
         pending: list[_Chunk] = []
 
         def denoise_pending() -> None:
@@ -196,8 +199,19 @@ class LipSyncPipeline:
             pending.clear()
 
         frames = prefetch(_timed(source.looped(total), clock, "decode"), maxsize=FRAMES_AHEAD)
-        prepared = self._prepare(frames, selector, clock, settings.num_frames, still=source.info.is_image)
+        prepared = self._prepare(frames, selector, clock, settings.num_frames, seen, still=source.info.is_image)
         chunks = prefetch(prepared, maxsize=options.batch + 1)
+        # The sink threads and the writer come last, right before the `try`: a failure, Ctrl-C or SIGTERM from here
+        # on goes through its cleanup, and one before leaves neither a temporary file nor a waiting thread.
+        encoder: Sink[_Chunk] = Sink(encode)
+        paster: Sink[_Chunk] = Sink(paste)
+        try:
+            writer = VideoWriter(out, source.info.width, source.info.height, fps=FPS, crf=options.crf,
+                                 audio_path=audio_src, colour=source.info.colour)
+        except BaseException:
+            paster.stop()
+            encoder.stop()
+            raise
         try:
             for chunk in chunks:
                 pending.append(chunk)
@@ -207,7 +221,7 @@ class LipSyncPipeline:
             paster.close()
             encoder.close()
             if report.frames_without_face == report.frames:
-                raise NoFaceError(f"no face found in any frame of {video}")
+                raise NoFaceError(seen.explain(video, selector, FaceTracker.MIN_SIZE))
             writer.close()
         except BaseException:
             # Stop every stage thread now, outermost first: a traceback kept by the caller would otherwise keep
@@ -226,7 +240,7 @@ class LipSyncPipeline:
 
     def _prepare(
         self, frames: Iterable[tuple[int, np.ndarray]], selector: FaceSelector, clock: StageClock, chunk_faces: int,
-        still: bool = False,
+        seen: FaceStats, still: bool = False,
     ) -> Iterator[_Chunk]:
         """Track and crop the speaker's face in every frame; cut chunks of `chunk_faces` face frames.
 
@@ -238,6 +252,7 @@ class LipSyncPipeline:
         track_id = None
         fitted: tuple[np.ndarray | None, np.ndarray | None] | None = None
         with FaceTracker(selector) as tracker:
+            tracker.stats = seen  # filled as frames go by, read by `run` to explain a video without the speaker
             for index, (_, image) in enumerate(frames):
                 with clock("face"):
                     item = _Frame(index, image)

@@ -26,12 +26,14 @@ class RunReport:
     peak_rss_mb: float = 0.0
     peak_vram_mb: float | None = None
     sampling: str = ""  # what denoised it, e.g. "ddim, 20 steps, guidance 1.5": defaults come from the model
+    audio_damage: str = ""  # e.g. "1 damaged audio packet(s) skipped (0.03 s replaced by silence)"
 
     def summary(self) -> str:
         fps = self.frames / self.seconds if self.seconds else 0.0
         return (
             f"wrote {self.output}: {self.frames} frames, {self.frames_without_face} without a face, "
             f"{self.seconds:.1f} s ({fps:.2f} frames/s)" + (f"; {self.sampling}" if self.sampling else "")
+            + (f"; {self.audio_damage}" if self.audio_damage else "")
         )
 
     def stage_table(self) -> str:

@@ -22,28 +22,41 @@ class _Failure:
 
 
 def prefetch(source: Iterable[T], maxsize: int = 2) -> Iterator[T]:
-    """Iterate `source` in a background thread, keeping at most `maxsize` items ready ahead of the consumer."""
+    """Iterate `source` in a background thread, keeping at most `maxsize` items ready ahead of the consumer.
+
+    However the consumer stops (closed, an error, Ctrl-C or SIGTERM raised at any point, `thread.start()`
+    included), the thread is done with `source` once this generator has ended, so the caller may close `source`.
+    """
     q: queue.Queue = queue.Queue(maxsize)
     stop = threading.Event()
+    go = threading.Event()  # set once start() has returned: until then the thread may not touch `source`
+
+    def hand_over(item: object) -> bool:
+        """Queue `item`, waiting for room, unless the consumer stops meanwhile (then False)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
+        go.wait()
+        if stop.is_set():
+            return
         try:
             for item in source:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(item):
                     return
-            q.put(_DONE)
+            hand_over(_DONE)
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            q.put(_Failure(exc))
+            hand_over(_Failure(exc))
 
     thread = threading.Thread(target=produce, name="prefetch", daemon=True)
-    thread.start()
     try:
+        thread.start()
+        go.set()
         while True:
             item = q.get()
             if item is _DONE:
@@ -53,7 +66,9 @@ def prefetch(source: Iterable[T], maxsize: int = 2) -> Iterator[T]:
             yield item
     finally:
         stop.set()
-        thread.join()
+        if go.is_set():
+            thread.join()
+        go.set()  # a thread whose start() was interrupted was never let go: it sees `stop` and ends untouched
 
 
 class Sink(Generic[T]):

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from latentsync.errors import VideoError
+from latentsync.video.colour import Colour, frame_to_rgb
 
 FPS = 25
 # FFmpeg's ANSI-art demuxer claims any .txt/.nfo file as "video"; a text file is never what the user meant.
@@ -42,6 +43,7 @@ class VideoInfo:
     num_frames: int
     is_image: bool
     has_audio: bool
+    colour: Colour = Colour()  # how the pixels are coded; the output is written the same way
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class _Timeline:
     quarter_turns: int  # counter-clockwise rotation to apply for display
     width: int  # decoded (pre-rotation) size, so a mid-stream size change still yields uniform frames
     height: int
+    colour: Colour | None  # None: not planar Y'CbCr (RGB, grey, ...), converted by swscale
 
     def slot(self, pts: int) -> int:
         """First output index at which a source frame with `pts` is on screen."""
@@ -66,8 +69,13 @@ class _Timeline:
         return self.first_pts + math.floor(Fraction(index) / self.fps / self.time_base)
 
     def to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        """Convert with swscale (honours the frame's colour matrix), then rotate for display."""
-        array = frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+        """Convert with the source's own matrix and range (`colour.py`), then rotate for display."""
+        if self.colour is None or Colour.of(frame) is None:
+            array = frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+        else:
+            array = frame_to_rgb(frame, self.colour)
+            if array.shape[:2] != (self.height, self.width):  # the stream changed size mid-way
+                array = cv2.resize(array, (self.width, self.height), interpolation=cv2.INTER_AREA)
         if self.quarter_turns:
             array = np.ascontiguousarray(np.rot90(array, self.quarter_turns))
         return array
@@ -262,7 +270,8 @@ def _scan(path: Path, fps: Fraction) -> tuple[VideoInfo, _Timeline | None, np.nd
     turns = round((first.rotation or 0) / 90) % 4
     first_pts = _next_pts(first.pts, None, nominal)
     end, last = max(end, first_pts + 1), max(last, first_pts)
-    timeline = _Timeline(time_base, first_pts, last, nominal, fps, turns, first.width, first.height)
+    colour = Colour.of(first)
+    timeline = _Timeline(time_base, first_pts, last, nominal, fps, turns, first.width, first.height, colour)
     if is_image:
         still = _imread(path)
         if still is None:
@@ -280,6 +289,7 @@ def _scan(path: Path, fps: Fraction) -> tuple[VideoInfo, _Timeline | None, np.nd
         num_frames=max(1, math.floor(duration * fps + Fraction(1, 2))),  # nearest: half-slot tails round up
         is_image=False,
         has_audio=has_audio,
+        colour=colour or Colour(),
     )
     return info, timeline, None
 

@@ -1,15 +1,17 @@
-"""Write the result once: H.264 (libx264, yuv420p, constant fps) plus the speech as AAC, in one MP4.
+"""Write the result once: H.264 (libx264, 4:2:0, constant fps) plus the speech as AAC, in one MP4.
 
 Upstream writes frames with imageio, then runs ffmpeg a second time to mux the audio. Here frames and audio are
 encoded in a single pass, interleaved as they go, so memory does not grow with the video's length and there is
-no lossy re-encode. The file is built under a hidden temporary name next to OUT and renamed into place only when
-complete: an interrupted, failed or aborted run never leaves a half-written OUT behind.
+no lossy re-encode. Pixels are coded as the source's were (matrix, range, tags; 10-bit for deeper sources, see
+`colour.py`), so what the model did not touch comes back unchanged. The file is built under a hidden temporary
+name next to OUT and renamed into place only when complete: an interrupted, failed or aborted run never leaves a
+half-written OUT behind (`output.py`: the checks on OUT, the locked temporary file, the cleanup of those a killed
+run left).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -18,7 +20,10 @@ from types import TracebackType
 import av
 import numpy as np
 
+from latentsync.audio.load import AudioPackets
 from latentsync.errors import AudioError, VideoError
+from latentsync.video.colour import Colour, rgb_to_frame
+from latentsync.video.output import PartFile, check_writable
 
 # CRF 18 is x264's conventional "visually lossless" point (also upstream's final encode). "veryfast" keeps CPU
 # encoding negligible next to inference: measured at 1280x720 on 2 cores, 10-23 ms/frame (content-dependent,
@@ -28,25 +33,8 @@ DEFAULT_PRESET = "veryfast"
 # Sample rates the AAC bitstream can signal (ISO/IEC 14496-3 sampling_frequency_index).
 AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 AAC_FRAME = 1024
-# BT.601 limited range: what swscale's RGB -> YUV conversion produces by default. Tagging it keeps players
-# (which guess BT.709 for untagged HD) and our own reader from shifting the colours.
-_AVCOL_SMPTE170M = 6  # same value in AVColorPrimaries, AVColorTransferCharacteristic and AVColorSpace
-_AVCOL_RANGE_MPEG = 1
 _MUXERS = {".mov": "mov", ".mkv": "matroska"}
 _WRITE_ERRORS = (av.error.FFmpegError, OSError)
-
-
-def check_writable(out_path: str | os.PathLike) -> Path:
-    """Fail fast, before hours of inference, if OUT cannot be created where the user asked."""
-    out = Path(out_path)
-    folder = out.parent
-    if out.is_dir():
-        raise VideoError(f"output {out} is a directory, not a file")
-    if not folder.is_dir():
-        raise VideoError(f"output folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise VideoError(f"output folder is not writable: {folder}")
-    return out
 
 
 class VideoWriter:
@@ -66,20 +54,28 @@ class VideoWriter:
         crf: int = DEFAULT_CRF,
         preset: str = DEFAULT_PRESET,
         audio_path: str | os.PathLike | None = None,
+        colour: Colour = Colour(),
     ) -> None:
-        self.out_path = check_writable(out_path)
+        self.out_path = check_writable(out_path, sources=(audio_path,))
+        self.colour = colour
         self.width, self.height = width, height
         self.encoded_width, self.encoded_height = width + width % 2, height + height % 2
         self.fps = Fraction(fps)
         self.frames_written = 0
-        self._tmp = self.out_path.parent / f".{self.out_path.name}.{secrets.token_hex(4)}.part"
         self._open = True
         self._audio: _AudioTrack | None = None
         try:
-            self._container = av.open(str(self._tmp), "w", format=_MUXERS.get(self.out_path.suffix.lower(), "mp4"))
-        except _WRITE_ERRORS as exc:
-            self._tmp.unlink(missing_ok=True)
+            self._part = PartFile(self.out_path)
+        except OSError as exc:
             raise VideoError(f"cannot create {self.out_path} ({_reason(exc)})") from None
+        try:
+            muxer = _MUXERS.get(self.out_path.suffix.lower(), "mp4")
+            self._container = av.open(str(self._part.path), "w", format=muxer)
+        except BaseException as exc:  # Ctrl-C or SIGTERM included: no temporary file is left behind
+            self._part.discard()
+            if isinstance(exc, _WRITE_ERRORS):
+                raise VideoError(f"cannot create {self.out_path} ({_reason(exc)})") from None
+            raise
         try:
             self._video = self._add_video_stream(crf, preset)
             if audio_path is not None:
@@ -90,10 +86,8 @@ class VideoWriter:
 
     def _add_video_stream(self, crf: int, preset: str) -> av.video.stream.VideoStream:
         stream = self._container.add_stream("libx264", rate=self.fps, options={"crf": str(crf), "preset": preset})
-        stream.width, stream.height, stream.pix_fmt = self.encoded_width, self.encoded_height, "yuv420p"
-        context = stream.codec_context
-        context.color_primaries = context.color_trc = context.colorspace = _AVCOL_SMPTE170M
-        context.color_range = _AVCOL_RANGE_MPEG
+        stream.width, stream.height, stream.pix_fmt = self.encoded_width, self.encoded_height, self.colour.pix_fmt
+        self.colour.tag(stream.codec_context)
         return stream
 
     def write(self, frame: np.ndarray) -> None:
@@ -106,7 +100,7 @@ class VideoWriter:
         if self.encoded_width != self.width or self.encoded_height != self.height:
             pad = ((0, self.encoded_height - self.height), (0, self.encoded_width - self.width), (0, 0))
             frame = np.pad(frame, pad, mode="edge")
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        video_frame = rgb_to_frame(frame, self.colour)
         video_frame.pts = self.frames_written
         try:
             self._container.mux(self._video.encode(video_frame))
@@ -133,7 +127,7 @@ class VideoWriter:
                 self._audio.advance(self.frames_written, final=True)
                 self._audio.close()
             self._container.close()
-            os.replace(self._tmp, self.out_path)
+            self._part.commit()
         except _WRITE_ERRORS as exc:
             self.abort()
             raise VideoError(f"cannot write {self.out_path} ({_reason(exc)})") from None
@@ -153,7 +147,7 @@ class VideoWriter:
                     closable.close()
                 except _WRITE_ERRORS:
                     pass  # already failing: the temp file is removed below either way
-        self._tmp.unlink(missing_ok=True)
+        self._part.discard()
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -197,9 +191,15 @@ class _AudioTrack:
         self._written = 0
 
     def _decode(self, source: av.audio.stream.AudioStream) -> Iterator[np.ndarray]:
-        """Planar float32 chunks at the output rate/layout; timestamps dropped so gaps cannot insert silence."""
+        """Planar float32 chunks at the output rate/layout; timestamps dropped so gaps cannot insert silence, and a
+        damaged packet becomes silence of its length (as in `load_audio`, so the muxed speech and the speech the
+        mouth was made from stay aligned)."""
+        channels = 1 if self.layout == "mono" else 2
         try:
-            for frame in self._source.decode(source):
+            for frame in AudioPackets(self._source, source, self.path):
+                if isinstance(frame, float):
+                    yield np.zeros((channels, round(frame * self.rate)), np.float32)
+                    continue
                 frame.pts = None
                 yield from (out.to_ndarray() for out in self._resampler.resample(frame))
             yield from (out.to_ndarray() for out in self._resampler.resample(None))

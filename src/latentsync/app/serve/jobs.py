@@ -3,7 +3,8 @@
 ```
 ROOT/jobs/<id>/job.json      the Job below; rewritten atomically at every change of state
 ROOT/jobs/<id>/video.mp4     an upload, named by the service (never by the client)
-ROOT/jobs/<id>/result.mp4    the output, renamed into place only when the run succeeds
+ROOT/jobs/<id>/result.mp4    the output, renamed into place only when the run succeeds (built in
+                             .result.mp4.<8 hex>.part; one a crash left is deleted when the service starts)
 ROOT/jobs/.incoming-<id>/    a submission being received; renamed to <id>/ once complete and valid
 ```
 

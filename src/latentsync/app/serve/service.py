@@ -4,7 +4,7 @@ Life of a job: queued -> running -> done | failed | cancelled. A failure is reco
 moves on, so one bad job never affects the next. Finished jobs expire `result_ttl` seconds after they end, or
 `fetched_ttl` seconds after their result was downloaded, whichever is first; expired jobs are deleted.
 On start, jobs found on disk in `queued` or `running` (a run cut off by a stop or crash) are queued again in
-their original order.
+their original order, and the temporary result files of runs a crash cut off are deleted from the job folders.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from latentsync.app.serve.jobs import CANCELLED, DONE, FAILED, FINISHED, QUEUED,
 from latentsync.errors import LatentSyncError
 from latentsync.paths import cache_home
 from latentsync.pipeline.lipsync import RunOptions
+from latentsync.video.output import remove_stale_parts
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class JobManager:
             self.pipelines.get(model)
         with self._lock:
             for job in self.store.load_all():
+                # A killed run's `.result.mp4.*.part`; one that another live service on this root writes is locked.
+                remove_stale_parts(self.store.result(job.id))
                 if job.status in (QUEUED, RUNNING):
                     job.status, job.frames_done, job.started = QUEUED, 0, None
                     self.store.save(job)

@@ -83,7 +83,7 @@ def write_pieces(frames: VideoFrames, audio: np.ndarray, pieces: Sequence[Piece]
                 clip = audio[piece.audio_start : piece.audio_start + (piece.stop - piece.start) * HOP]
                 wavfile.write(wav, SAMPLE_RATE, (np.clip(clip, -1, 1) * 32767).astype(np.int16))
                 out.parent.mkdir(parents=True, exist_ok=True)
-                with VideoWriter(out, info.width, info.height, FPS, audio_path=wav) as writer:
+                with VideoWriter(out, info.width, info.height, FPS, audio_path=wav, colour=info.colour) as writer:
                     for frame in source:
                         position += 1
                         if position > piece.start:
