@@ -317,3 +317,19 @@ def test_quality_step_with_hyperiqa_weights(talking: Path, tmp_path: Path, monke
     assert report.steps[0].dropped == {"low image quality": 1}
     record = Manifest(tmp_path / "out" / "manifest.jsonl", tmp_path / "out").read()[inputs / "a.mp4"]
     assert record.figures["score"] == pytest.approx(score)
+
+
+def test_min_seconds_keeps_short_material(click_clip: Path, tmp_path: Path) -> None:
+    """A 1.6 s clip: dropped at the default 5 s; passed on whole with --min-seconds 1; cut in two at 0.8."""
+    from latentsync.data.steps.segments import SegmentsStep
+    from latentsync.errors import ConfigError
+
+    item = Item(click_clip, "click.mp4", 1.6)
+    assert SegmentsStep().process(item, tmp_path / "a").reason == "too short"
+    kept = SegmentsStep(min_seconds=1).process(item, tmp_path / "b")
+    assert kept.reason is None and kept.figures == {"segments": 1} and kept.seconds == [1.6]
+    cut = SegmentsStep(min_seconds=0.8).process(item, tmp_path / "c")
+    assert [round(s * 25) for s in cut.seconds] == [20, 20] and len(cut.outputs) == 2
+    assert SegmentsStep(min_seconds=2).key() != SegmentsStep().key()  # a changed setting redoes the step
+    with pytest.raises(ConfigError, match="--min-seconds must be at least one frame"):
+        SegmentsStep(min_seconds=0)

@@ -175,7 +175,7 @@ _DATA_STEPS = {
     "broken": "set aside files that cannot be opened or decoded, or have no audio (writes no video)",
     "resample": "re-encode to constant 25 fps with 16 kHz mono audio",
     "shots": "split at hard cuts (PySceneDetect adaptive detector, threshold 2)",
-    "segments": "cut shots into 5-10 s pieces (shorter shots are dropped)",
+    "segments": "cut shots into 5-10 s pieces (shorter shots are dropped; --min-seconds changes the 5 s)",
     "align": "the speaker's face as RESxRES crops (inference's landmarks + affine)",
     "sync": "keep clips in sync (SyncNet conf >= 3, |offset| <= 6) and fix the offset",
     "quality": "keep clips of good image quality (hyperIQA score >= 40)",
@@ -186,6 +186,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser, step: str | None) -> No
     """Options of `data run` (step None) and of `data STEP`; each step gets only the options it uses."""
     parser.add_argument("input_dir", type=Path, help="folder of input files (searched recursively)")
     parser.add_argument("output_dir", type=Path, help="output folder (a rerun resumes what is recorded there)")
+    if step in (None, "segments"):
+        parser.add_argument("--min-seconds", type=float, metavar="SECONDS",
+                            help="shortest piece kept; shots are cut into pieces of SECONDS to 2 x SECONDS (default 5)")
     if step in (None, "align"):
         parser.add_argument("--resolution", type=int, metavar="RES",
                             help="side of the face crops (default 256; 512 for LatentSync 1.6)")
@@ -216,7 +219,7 @@ def _run_data(args: argparse.Namespace) -> int:
     from latentsync.data.runner import make_backend, run_pipeline, run_single
     from latentsync.data.steps import STEP_NAMES, build_steps
 
-    settings = {k: getattr(args, k, None) for k in ("resolution", "max_face_lost", "syncnet", "iqa")}
+    settings = {k: getattr(args, k, None) for k in ("resolution", "max_face_lost", "syncnet", "iqa", "min_seconds")}
     steps = build_steps(**{k: v for k, v in settings.items() if v is not None})
     if args.ray_address and args.backend != "ray":
         raise ConfigError("--ray-address needs --backend ray")
