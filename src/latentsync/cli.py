@@ -236,6 +236,13 @@ def _run_data(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def _split_data(args: argparse.Namespace) -> int:
+    from latentsync.data.split import split_filelist
+
+    print(split_filelist(args.filelist, args.plan).table())
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from latentsync.train import loop
 
@@ -343,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(data.add_parser("run", help="turn a folder of videos into a training set (all steps, resumable)"), None)
     for name, help_text in _DATA_STEPS.items():
         _add_data_arguments(data.add_parser(name, help=f"one pipeline step alone: {help_text}"), name)
+    split = data.add_parser("split", help="divide a filelist into training and held-out lists by person")
+    split.add_argument("filelist", type=Path, help="a run's filelist.txt; SIDE.txt is written beside it per side")
+    split.add_argument("plan", type=Path, help="YAML: side -> person -> source files (see docs/data-pipeline.md)")
+    split.set_defaults(handler=_split_data)
 
     train = sub.add_parser("train", help="train the U-Net, a SyncNet or a small VAE (torchrun for several GPUs)")
     train_sub = train.add_subparsers(dest="train_command", required=True)
