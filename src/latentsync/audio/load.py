@@ -24,7 +24,6 @@ import numpy as np
 
 from latentsync.errors import AudioError
 
-
 log = logging.getLogger(__name__)
 _DECODE_ERRORS = (av.error.FFmpegError, ValueError)
 
@@ -75,7 +74,7 @@ class Audio:
     seconds_lost: float = 0.0
 
     def describe_damage(self) -> str:
-        """"" or e.g. "1 of 353 audio packets damaged (0.03 s replaced by silence)"."""
+        """"" or e.g. "1 damaged audio packet(s) skipped (0.03 s replaced by silence)"."""
         if not self.damaged_packets:
             return ""
         return f"{self.damaged_packets} damaged audio packet(s) skipped ({self.seconds_lost:.2f} s replaced by silence)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import groupby
 
 import numpy as np
 import torch
@@ -82,13 +83,9 @@ class ChunkDenoiser:
         the VAE's memory are those of one chunk; only the U-Net steps run on the whole batch.
         """
         results: list[torch.Tensor] = []
-        start = 0
-        while start < len(chunks):  # runs of equal length, in order: the random draws stay in chunk order
-            stop = start + 1
-            while stop < len(chunks) and chunks[stop][0].shape[0] == chunks[start][0].shape[0]:
-                stop += 1
-            results += self._batch(chunks[start:stop])
-            start = stop
+        # Runs of equal length, in order: the random draws stay in chunk order.
+        for _, run in groupby(chunks, key=lambda chunk: chunk[0].shape[0]):
+            results += self._batch(list(run))
         return results
 
     def _batch(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
