@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,8 +89,9 @@ def test_whisper_is_referenced_by_default_and_copied_on_request(tmp_path):
 
 def test_pack_halves_the_weights_and_keeps_the_model(small_dir, tmp_path):
     """`model pack`: float16 files, half the bytes, loading casts back and the U-Net computes the same thing."""
-    packed = pack_model_dir(small_dir, tmp_path / "packed", steps=7)
-    assert packed.inference["steps"] == 7 and packed.whisper == "builtin:tiny.en"
+    packed = pack_model_dir(small_dir, tmp_path / "packed", steps=7, paste="seamless")
+    assert packed.inference["steps"] == 7 and packed.inference["paste"] == "seamless"
+    assert packed.whisper == "builtin:tiny.en"
     state = read_checkpoint(packed.unet_weights).state_dict
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
     assert read_checkpoint(packed.syncnet_weights).state_dict["audio_encoder.conv_in.weight"].dtype == torch.float16
@@ -118,4 +121,35 @@ def test_pack_halves_the_weights_and_keeps_the_model(small_dir, tmp_path):
 def test_demo_is_the_bundled_model():
     spec = ModelDir.resolve("demo").spec
     assert spec.root == DEMO_MODEL_DIR and spec.resolution == 128 and spec.syncnet_weights is not None
+    assert spec.inference["paste"] == "seamless"  # no grey rectangle on faces it has not seen
     assert sum(p.stat().st_size for p in DEMO_MODEL_DIR.rglob("*") if p.is_file()) < 50 * 2**20
+
+
+def test_a_vae_that_downsamples_4x_gives_the_unet_finer_latents(tmp_path):
+    """`small-f4`-style VAEs (one fewer level): inference and the training step size the latents from the VAE."""
+    from media.clips import write_clip
+    from media.faces import astronaut_frames
+    from media.speech import write_audio
+
+    from latentsync.face.mask import load_mask
+    from latentsync.models.scheduler import make_scheduler
+    from latentsync.models.vae import vae_factor
+    from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions
+    from latentsync.train.losses import LossWeights
+    from latentsync.train.unet_step import UNetTrainStep
+
+    configs = Path(__file__).parent / "configs"
+    spec = create_model_dir(configs / "unet_tiny.yaml", tmp_path / "f4", vae=configs / "vae_tiny_f4", seed=0)
+    pipeline = LipSyncPipeline.from_model(spec.root, "cpu", "fp32")
+    assert vae_factor(pipeline.models.vae) == 4
+    shapes = []
+    pipeline.models.unet.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    video = write_clip(tmp_path / "in.mp4", astronaut_frames(8, size=(320, 240), fps=25), fps=25)
+    audio = write_audio(tmp_path / "a.wav", np.zeros(16000 * 8 // 25, np.float32), 16000)
+    report = pipeline.run(video, audio, tmp_path / "out.mp4", RunOptions(steps=1))
+    assert report.frames == 8 and shapes[0][-2:] == (16, 16)  # 64 px crops / 4
+    step = UNetTrainStep(pipeline.models.unet, pipeline.models.vae, load_mask(64), make_scheduler(),
+                         LossWeights(sync=0, lpips=0, trepa=0))
+    assert step.latent_mask.shape[-2:] == (16, 16)
+    real = ModelDir.resolve(create_model_dir("small_f4", tmp_path / "small_f4", seed=0).root).load()
+    assert vae_factor(real.vae) == 4 and real.resolution == 128  # the preset names its VAE: 32 x 32 latents

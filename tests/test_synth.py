@@ -198,3 +198,42 @@ def test_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for photo, needle in [(blank, "no face"), (tmp_path / "missing.png", "not found")]:
         with pytest.raises(LatentSyncError, match=needle):
             synthesize(tmp_path / "out", 1, photo=photo)
+
+
+def test_many_faces_from_a_list_each_clip_a_varied_copy(tmp_path: Path) -> None:
+    """`--photo LIST --augment`: clip i animates entry i mod n (a video entry gives one of its frames), each clip
+    varied (flip, colour, light) by its own seed; the same command makes the same clips."""
+    from media.clips import write_clip
+    from media.faces import astronaut_frames
+    from skimage.data import astronaut
+
+    from latentsync.data.synth_photos import clip_photo, photo_entries, vary
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    cv2.imwrite(str(faces / "still.png"), astronaut()[:, :, ::-1])
+    write_clip(faces / "talk.mp4", astronaut_frames(20, size=(480, 360), fps=25), fps=25)
+    (faces / "list.txt").write_text("# who speaks\nstill.png\ntalk.mp4\n")
+    entries = photo_entries(faces / "list.txt")
+    assert [Path(e).name for e in entries] == ["still.png", "talk.mp4"]
+    assert photo_entries(faces) == tuple(sorted(entries))  # a folder: its images and videos
+
+    still, _ = clip_photo(entries, 0, 0, 0, augment=False)
+    frame, name = clip_photo(entries, 0, 1, 0, augment=False)
+    assert still.shape == (512, 512, 3) and frame.shape == (360, 480, 3) and "frame" in name
+    varied = [clip_photo(entries, 0, 2, attempt, augment=True)[0] for attempt in (0, 1)]
+    assert varied[0].shape == still.shape and not np.array_equal(varied[0], varied[1])
+    assert np.array_equal(vary(still, np.random.default_rng(5)), vary(still, np.random.default_rng(5)))
+    assert np.abs(varied[0].astype(float).mean(axis=(0, 1)) - still.mean(axis=(0, 1))).max() > 1
+
+    report = synthesize(tmp_path / "out", 2, (1.0, 1.0), RES, SIZE, photo=faces / "list.txt", seed=3, augment=True)
+    assert report.written == 2 and not report.dropped
+    first = [_frames(tmp_path / "out" / "aligned" / clip_name(i))[0] for i in range(2)]
+    assert np.abs(first[0].astype(float) - first[1]).mean() > 5  # two different faces
+
+    for photo, needle in [(faces / "none.txt", "list not found"), (tmp_path / "out" / "raw" / "x", "not found")]:
+        with pytest.raises(LatentSyncError, match=needle):
+            photo_entries(photo)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LatentSyncError, match="holds no images or videos"):
+        photo_entries(tmp_path / "empty")

@@ -91,6 +91,8 @@ def test_training_learns_sync_on_held_out_clips(data: Path, tmp_path: Path) -> N
     # measured: 0.50 -> 0.78, loss 0.75 -> 0.42 (60 steps of batch 8, ~22 s on two busy cores)
     assert (step0, step1) == (0, 60)
     assert before <= 0.6 and after >= 0.7 and loss1 < loss0 - 0.15
+    rank = float([r for r in _rows(out / "metrics.csv") if r["val_rank"]][-1]["val_rank"])
+    assert rank >= 0.7  # in-sync mels outscore shifted ones for the same frames
     assert final == out / "checkpoints" / "checkpoint-60.pt" and read_checkpoint(final).global_step == 60
     assert (out / "curves.png").stat().st_size > 0 and (out / "config.yaml").is_file()
 
@@ -191,3 +193,34 @@ def test_packaged_configs_load_and_their_models_fit_the_data(name: str) -> None:
     if name == "syncnet_16_pixel_attn":  # upstream's numbers
         run = cfg.run
         assert (cfg.data.resolution, cfg.data.batch_size, run.mixed_precision, run.grad_clip) == (256, 256, "fp16", 1.0)
+
+
+def test_multiway_matching_picks_the_in_sync_mel_among_shifted_ones(data: Path) -> None:
+    """The matching term is low when each window's embedding is closest to its in-sync mel and high when it is
+    closest to a shifted one; the dataset's shifted mels come from the same clip, at least `min_shift` frames off;
+    `_loss` adds the term only when `loss.multiway` is set."""
+    from latentsync.train.syncnet import SyncNetLossConfig, _loss, multiway_loss
+
+    gen = torch.Generator().manual_seed(0)
+    candidates = torch.rand(8, 5, 256, generator=gen) ** 4  # sparse non-negative embeddings, as after the ReLU
+    near = lambda k: candidates[:, k] + 0.01 * torch.rand(8, 256, generator=gen)  # noqa: E731
+    chance = torch.log(torch.tensor(5.0))
+    assert multiway_loss(near(0), candidates, 0.1) < 0.5 < chance < multiway_loss(near(3), candidates, 0.1)
+
+    dataset = SyncNetDataset(data, "train.txt", 32, 16, samples_per_epoch=4, shifts=3, min_shift=4)
+    item, plain = dataset[0], SyncNetDataset(data, "train.txt", 32, 16, samples_per_epoch=4)[0]
+    assert item["shifted_mel"].shape == (3, *item["mel"].shape) and torch.equal(item["mel"], plain["mel"])
+    s = dataset.sample(0)
+    in_sync = dataset._mel(s.clip, s.start)
+    assert not any(torch.equal(in_sync, m) for m in item["shifted_mel"])
+
+    class Echo(torch.nn.Module):  # vision and audio embeddings straight from the inputs
+        def forward(self, frames, mel):
+            return frames.flatten(1)[:, :64].abs(), mel.flatten(1)[:, :64].abs()
+
+    batch = {"frames": torch.rand(4, 16, 3, 8, 8, generator=gen), "mel": torch.rand(4, 1, 80, 52, generator=gen),
+             "y": torch.tensor([1.0, 0.0, 1.0, 0.0]), "shifted_mel": torch.rand(4, 3, 1, 80, 52, generator=gen)}
+    stepper = argparse.Namespace(device=torch.device("cpu"), autocast=lambda: torch.autocast("cpu", enabled=False))
+    pair, _, off = _loss(Echo(), batch, stepper)
+    both, _, term = _loss(Echo(), batch, stepper, SyncNetLossConfig(multiway=0.5))
+    assert off == 0.0 and term > 0 and torch.isclose(both, pair + 0.5 * term)

@@ -41,7 +41,8 @@ def _model_pack(args: argparse.Namespace) -> int:
     from latentsync.models.create import pack_model_dir
 
     spec = pack_model_dir(args.src, args.out, half=not args.full_precision, syncnet_config=args.syncnet_config,
-                          syncnet_weights=args.syncnet, steps=args.steps, guidance=args.guidance, force=args.force)
+                          syncnet_weights=args.syncnet, steps=args.steps, guidance=args.guidance, paste=args.paste,
+                          force=args.force)
     size = sum(p.stat().st_size for p in spec.root.rglob("*") if p.is_file())
     print(f"wrote model {spec.root} ({size / 2**20:.1f} MiB)")
     return 0
@@ -79,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
 
     options = RunOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, face=args.face, crf=args.crf,
                          sampler=args.sampler, cache_interval=args.cache_interval, cache_depth=args.cache_depth,
-                         batch=args.batch)
+                         batch=args.batch, paste=args.paste)
     preflight(args.video, args.audio, args.out, args.face)
     pipeline = LipSyncPipeline.from_model(args.model, args.device, args.dtype, args.compile, args.channels_last)
     with progress_bar("lip-sync", unit="frame", quiet=args.quiet) as progress:
@@ -148,7 +149,11 @@ def _add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--resolution", type=int, default=128, help="side of the aligned face crops (default 128)")
     parser.add_argument("--size", default="640x360", help="raw frame size WIDTHxHEIGHT (default 640x360)")
-    parser.add_argument("--photo", type=Path, help="face photo to animate (default: scikit-image's astronaut)")
+    parser.add_argument("--photo", type=Path,
+                        help="face(s) to animate: an image, a video (a random frame per clip), a folder of them or a "
+                             ".txt list (one per line; clip i takes entry i mod n) (default: scikit-image's astronaut)")
+    parser.add_argument("--augment", action="store_true",
+                        help="vary each clip's face: flip, colour shift, re-lighting (new-looking people)")
     parser.add_argument("--other-faces", action="store_true", help="put a second, silent person beside the speaker")
     parser.add_argument("--seed", type=int, default=0, help="clip i is a function of (seed, i) (default 0)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
@@ -165,7 +170,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     with progress_bar("synth", unit="clip", quiet=args.quiet) as progress:
         report = synthesize(
             args.out, args.clips, tuple(args.seconds), args.resolution, size, args.photo, args.other_faces,
-            args.seed, args.workers, progress,
+            args.seed, args.workers, progress, args.augment,
         )  # fmt: skip
     print(report.summary())
     return 0
@@ -281,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--syncnet", type=Path, help="trained SyncNet checkpoint to include")
     pack.add_argument("--steps", type=int, help="default inference steps of the packed model")
     pack.add_argument("--guidance", type=float, help="default guidance scale of the packed model")
+    pack.add_argument("--paste", choices=["upstream", "seamless"], help="default paste of the packed model")
     pack.add_argument("--full-precision", action="store_true", help="keep float32 weights (default: float16)")
     pack.add_argument("--force", action="store_true", help="replace OUT if it exists")
     pack.set_defaults(handler=_model_pack)
@@ -302,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     run.add_argument("--face", default="largest", help="speaker: largest, N (N-th face from the left, 0-based) or x,y")
     run.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18, visually lossless)")
+    run.add_argument("--paste", choices=["upstream", "seamless"],
+                     help="upstream: the whole crop back, as the official code (default for 1.5/1.6); seamless: only "
+                          "the lower face, colour-matched and feathered (the model's default when its model.yaml asks)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     speed = run.add_argument_group("speed (measured trade-offs: bench/RESULTS.md)")
     speed.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++"],

@@ -81,9 +81,10 @@ def identity_run(pipeline: LipSyncPipeline, video: Path, audio: Path | None, out
     boxes: list[tuple[int, int, int, int] | None] = []
     restore = Aligner.restore
 
-    def recording_restore(self: Aligner, frame: np.ndarray, crop: np.ndarray, m: np.ndarray) -> np.ndarray:
+    def recording_restore(self: Aligner, frame: np.ndarray, crop: np.ndarray, m: np.ndarray,
+                          weight: np.ndarray | None = None) -> np.ndarray:
         boxes.append(self._roi(frame.shape, m))
-        return restore(self, frame, crop, m)
+        return restore(self, frame, crop, m, weight)
 
     monkeypatch.setattr(ChunkDenoiser, "batch", lambda self, chunks: [crops for crops, _ in chunks])
     monkeypatch.setattr(Aligner, "restore", recording_restore)

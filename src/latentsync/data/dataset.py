@@ -332,7 +332,10 @@ class SyncNetDataset(_ClipDataset):
     """16 frames and a mel window; half the items in sync (y = 1), half paired with another window's mel (y = 0).
 
     Items: frames [F, 3, res, res] in [-1, 1] (the model takes the lower half), mel [1, 80, 52], y (float).
-    Only the mel is needed, so the cache has no Whisper features unless `encoder_path` is given.
+    With `shifts` K > 0 they also hold `shifted_mel` [K, 1, 80, 52]: mels of the same clip starting at least
+    `min_shift` frames before or after the frames (drawn with replacement), the candidates a multi-way matching
+    loss sets against the in-sync mel. Only the mel is needed, so the cache has no Whisper features unless
+    `encoder_path` is given.
     """
 
     def __init__(
@@ -344,8 +347,11 @@ class SyncNetDataset(_ClipDataset):
         samples_per_epoch: int = 1000,
         seed: int = 1247,
         encoder_path: str | os.PathLike | None = None,
+        shifts: int = 0,
+        min_shift: int = 4,
     ) -> None:
         super().__init__(root, filelist, resolution, num_frames, 2 * num_frames, encoder_path, samples_per_epoch, seed)
+        self.shifts, self.min_shift = shifts, min_shift
 
     def sample(self, index: int) -> SyncSample:
         """Which windows item `index` pairs (no decoding), so the sampling rules can be checked directly."""
@@ -357,7 +363,13 @@ class SyncNetDataset(_ClipDataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         s = self.sample(index)
         frames, mel = self._frames(s.clip, s.start), self._mel(s.clip, s.audio_start)
-        return {"frames": frames, "mel": mel, "y": torch.tensor(s.y)}
+        item = {"frames": frames, "mel": mel, "y": torch.tensor(s.y)}
+        if self.shifts:
+            rng = np.random.default_rng([self.seed, self.epoch, index, 1])  # apart from `sample`'s draws
+            starts = np.arange(s.clip.max_start(self.num_frames) + 1)
+            starts = starts[np.abs(starts - s.start) >= self.min_shift]
+            item["shifted_mel"] = torch.stack([self._mel(s.clip, int(k)) for k in rng.choice(starts, self.shifts)])
+        return item
 
 
 class UNetDataset(_ClipDataset):

@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 from scipy.io import wavfile
 
-from latentsync.data.synth_face import MouthAnimator, load_photo
+from latentsync.data.synth_face import MouthAnimator
+from latentsync.data.synth_photos import VIDEO_SUFFIXES, clip_photo, photo_entries
 from latentsync.data.synth_scene import Scene
 from latentsync.data.synth_speech import FPS, SAMPLE_RATE, make_speech, mouth_track
-from latentsync.errors import ConfigError
+from latentsync.errors import ConfigError, NoFaceError
 from latentsync.face.align import Aligner
 from latentsync.face.track import FaceTracker
 from latentsync.pipeline.report import Progress
@@ -86,6 +87,15 @@ class _Job:
     resolution: int
     size: tuple[int, int]
     other_faces: bool
+    photos: tuple[str | None, ...] = (None,)
+    augment: bool = False
+
+    @property
+    def one_face(self) -> bool:
+        """Every clip animates the same still: one animator (one landmark search) serves them all."""
+        entry = self.photos[0]
+        still = entry is None or Path(entry).suffix.lower() not in VIDEO_SUFFIXES
+        return len(self.photos) == 1 and still and not self.augment
 
 
 @dataclass(frozen=True)
@@ -100,9 +110,16 @@ def _is_complete(out_dir: Path, index: int) -> bool:
     return (out_dir / "raw" / clip_name(index)).is_file() and (out_dir / "aligned" / clip_name(index)).is_file()
 
 
-def _make_clip(job: _Job, animator: MouthAnimator) -> _Outcome:
-    """Generate clip `job.index`, trying the next seed attempt whenever alignment fails."""
+def _make_clip(job: _Job, animator: MouthAnimator | None) -> _Outcome:
+    """Generate clip `job.index`, trying the next seed attempt whenever alignment fails (or, with many faces, the
+    clip's photo has no face the landmarker finds). `animator` serves every clip of a one-face run."""
     for attempt in range(MAX_ATTEMPTS):
+        if not job.one_face:
+            try:
+                animator = MouthAnimator(*clip_photo(job.photos, job.seed, job.index, attempt, job.augment))
+            except NoFaceError:
+                continue
+        assert animator is not None
         rng = np.random.default_rng([job.seed, job.index, attempt])
         num_frames = max(int(round(rng.uniform(*job.seconds) * FPS)), 1)
         speech = make_speech(rng, num_frames * SAMPLE_RATE // FPS)
@@ -144,14 +161,14 @@ def _write_clip(job: _Job, scene: Scene, audio: np.ndarray, opening: np.ndarray,
 _worker_animator: MouthAnimator | None = None
 
 
-def _init_worker(photo: str | None) -> None:
-    """Runs once in each worker process: the photo's landmarks are found once per process, not per clip."""
+def _init_worker(job: _Job) -> None:
+    """Runs once in each worker process: a one-face run's landmarks are found once per process, not per clip."""
     global _worker_animator
-    _worker_animator = MouthAnimator(*load_photo(photo))
+    if job.one_face:
+        _worker_animator = MouthAnimator(*clip_photo(job.photos, job.seed, 0, 0, False))
 
 
 def _work(job: _Job) -> _Outcome:
-    assert _worker_animator is not None
     return _make_clip(job, _worker_animator)
 
 
@@ -194,11 +211,13 @@ def synthesize(
     seed: int = 0,
     workers: int = 1,
     progress: Progress | None = None,
+    augment: bool = False,
 ) -> SynthReport:
     """Write clips 0..num_clips-1 to `out_dir` (see the module docstring); existing complete clips are kept.
 
-    `seconds` is the (min, max) clip length, `size` the raw frame (width, height), `photo` a face photo
-    (default: scikit-image's astronaut). `progress(done, total)` counts clips, skipped ones included.
+    `seconds` is the (min, max) clip length, `size` the raw frame (width, height), `photo` the face(s) to animate:
+    an image, a video, a folder or a list of them (`synth_photos`; default: scikit-image's astronaut); `augment`
+    gives each clip a varied copy. `progress(done, total)` counts clips, skipped ones included.
     """
     t0 = time.perf_counter()
     seconds = (float(seconds[0]), float(seconds[1]))
@@ -207,12 +226,15 @@ def synthesize(
     out = Path(out_dir)
     for folder in ("raw", "aligned"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    photo_key = None if photo is None else str(photo)
-    animator = MouthAnimator(*load_photo(photo_key))  # a bad photo fails here, before any work
+    photos = photo_entries(photo)  # a missing or unreadable entry fails here, before any work
+    first = _Job(out, 0, seed, seconds, resolution, size, other_faces, photos, augment)
+    # A one-face run's photo must have a face: fail now, with its name, rather than drop every clip.
+    animator = MouthAnimator(*clip_photo(photos, seed, 0, 0, False)) if first.one_face else None
     _remove_partial_files(out)
     report = SynthReport(out, num_clips)
     jobs = [
-        _Job(out, i, seed, seconds, resolution, size, other_faces) for i in range(num_clips) if not _is_complete(out, i)
+        _Job(out, i, seed, seconds, resolution, size, other_faces, photos, augment)
+        for i in range(num_clips) if not _is_complete(out, i)
     ]
     report.skipped = num_clips - len(jobs)
 
@@ -233,7 +255,7 @@ def synthesize(
             record(_make_clip(job, animator))
     else:
         context = multiprocessing.get_context("spawn")  # mediapipe's graphs do not survive a fork
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(photo_key,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(first,)) as pool:
             futures = [pool.submit(_work, job) for job in jobs]
             try:
                 for future in as_completed(futures):

@@ -103,10 +103,14 @@ class Aligner:
         )
         return cv2.resize(face, (self.resolution, self.resolution), interpolation=cv2.INTER_LANCZOS4)
 
-    def restore(self, frame: np.ndarray, crop: np.ndarray, m: np.ndarray) -> np.ndarray:
+    def restore(
+        self, frame: np.ndarray, crop: np.ndarray, m: np.ndarray, weight: np.ndarray | None = None
+    ) -> np.ndarray:
         """A copy of `frame` with the (edited) res x res `crop` pasted back where `warp(frame, m)` took it from.
 
-        Pixels where the soft mask is 0 are exactly the input's, so a frame is only touched inside the face.
+        Pixels where the blend weight is 0 are exactly the input's, so a frame is only touched inside the face.
+        The weight is upstream's soft mask of the whole crop; a crop-space `weight` (float [res, res] in [0, 1],
+        e.g. `blend.paste_weight`) multiplies it, so that only the part of the crop it covers is pasted.
         """
         out = frame.copy()
         roi = self._roi(frame.shape, m)
@@ -117,21 +121,35 @@ class Aligner:
         size = (x1 - x0, y1 - y0)
         face = self._resize_back(crop)
         pasted = cv2.warpAffine(face, m_roi, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0)
-        alpha = self._soft_mask(m_roi, size)[:, :, None]
+        alpha = self._soft_mask(m_roi, size)
+        if weight is not None:
+            alpha = alpha * self._warp_back(weight, m_roi, size)
+        alpha = alpha[:, :, None]
         region = out[y0:y1, x0:x1]
         # Where alpha is 0 this is 1.0 * (an integer) + 0.0 * (a finite value): the input pixel, exactly.
         blended = alpha * pasted + (1 - alpha) * region
         region[:] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         return out
 
-    def soft_mask(self, frame_shape: tuple[int, ...], m: np.ndarray) -> np.ndarray:
-        """float32 [H, W] blend weight `restore` uses: 0 outside the pasted face, 1 well inside, feathered between."""
+    def soft_mask(self, frame_shape: tuple[int, ...], m: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+        """float32 [H, W] blend weight `restore` uses (with the same `weight`): 0 outside the pasted face, 1 well
+        inside, feathered between."""
         full = np.zeros(frame_shape[:2], dtype=np.float32)
         roi = self._roi(frame_shape, m)
         if roi is not None:
             x0, y0, x1, y1 = roi
-            full[y0:y1, x0:x1] = self._soft_mask(_shift(m, x0, y0), (x1 - x0, y1 - y0))
+            m_roi, size = _shift(m, x0, y0), (x1 - x0, y1 - y0)
+            full[y0:y1, x0:x1] = self._soft_mask(m_roi, size)
+            if weight is not None:
+                full[y0:y1, x0:x1] *= self._warp_back(weight, m_roi, size)
         return full
+
+    def _warp_back(self, weight: np.ndarray, m_roi: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """A crop-space weight in frame (ROI) coordinates: resized to face_size, inverse-warped, 0 outside."""
+        if weight.shape != (self.resolution, self.resolution):
+            raise ValueError(f"expected a [{self.resolution}, {self.resolution}] weight, got {weight.shape}")
+        face = cv2.resize(np.asarray(weight, dtype=np.float32), self.face_size, interpolation=cv2.INTER_LINEAR)
+        return cv2.warpAffine(face, m_roi, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0)
 
     def _resize_back(self, crop: np.ndarray) -> np.ndarray:
         """Crop -> float32 face_size image, bicubic with antialiasing (torch's, as upstream; it shrinks x at 256)."""

@@ -43,7 +43,7 @@ def create_model_dir(
     unet_yaml = load_unet_yaml(config)
     resolution = int(unet_yaml.get("data", {}).get("resolution", 256))
     is_small = int(UNetConfig.from_dict(unet_yaml["model"]).block_out_channels[0]) < 128
-    vae = vae or ("small" if is_small else "sd-vae-ft-mse")
+    vae = vae or unet_yaml.get("vae") or ("small" if is_small else "sd-vae-ft-mse")
     whisper_src = Path(whisper) if whisper else None
     if whisper_src is not None and not whisper_src.is_file():
         raise ConfigError(f"Whisper weights not found: {whisper_src}")
@@ -90,14 +90,16 @@ def pack_model_dir(
     syncnet_weights: str | Path | None = None,
     steps: int | None = None,
     guidance: float | None = None,
+    paste: str | None = None,
     force: bool = False,
 ) -> ModelSpec:
     """Copy the model `src` (a folder or a name `ModelDir.resolve` knows) to `out`, ready to ship.
 
     `half` stores the U-Net, VAE and SyncNet weights in float16: half the bytes, and loading casts them back to the
     run's dtype (the rounding moves a small model's output far less than its own sampling noise). A trained
-    SyncNet can be added (its preset or yaml, and a checkpoint), and the inference defaults set. Assembled next
-    to `out` and renamed into place, like `create_model_dir`.
+    SyncNet can be added (its preset or yaml, and a checkpoint), and the inference defaults set (`paste`: the
+    run's default paste, `upstream` or `seamless`). Assembled next to `out` and renamed into place, like
+    `create_model_dir`.
     """
     from latentsync.models.syncnet import load_syncnet_yaml
     from latentsync.models.vae import load_vae, save_vae
@@ -116,7 +118,7 @@ def pack_model_dir(
             vae=stage / "vae",
             whisper=source.whisper,
             inference={**source.inference, **({"steps": steps} if steps else {}),
-                       **({"guidance_scale": guidance} if guidance else {})},
+                       **({"guidance_scale": guidance} if guidance else {}), **({"paste": paste} if paste else {})},
         )
         place_file(source.unet_config, spec.unet_config)
         _copy_weights(source.unet_weights, spec.unet_weights, half)

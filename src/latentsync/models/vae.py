@@ -20,7 +20,11 @@ from latentsync.paths import CONFIG_DIR
 
 SCALING_FACTOR = 0.18215
 SHIFT_FACTOR = 0.0
-VAE_PRESETS = {"sd-vae-ft-mse": CONFIG_DIR / "vae" / "sd-vae-ft-mse", "small": CONFIG_DIR / "vae" / "small"}
+VAE_PRESETS = {
+    "sd-vae-ft-mse": CONFIG_DIR / "vae" / "sd-vae-ft-mse",
+    "small": CONFIG_DIR / "vae" / "small",  # 8x down, as SD: the synthetic demo model
+    "small-f4": CONFIG_DIR / "vae" / "small-f4",  # 4x down: a 128 px crop gives 32 x 32 latents, as 1.5 at 256 px
+}
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
@@ -31,6 +35,11 @@ def vae_config(preset_or_dir: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"unknown VAE config {preset_or_dir!r}: use one of {sorted(VAE_PRESETS)} or a folder with config.json")
     return json.loads(path.read_text())
+
+
+def vae_factor(vae: AutoencoderKL) -> int:
+    """Pixels per latent pixel along each side: 8 for SD's VAE, 4 for `small-f4` (one fewer downsampling level)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def init_vae(preset_or_dir: str | Path = "small", seed: int | None = None) -> AutoencoderKL:

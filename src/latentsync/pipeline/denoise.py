@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from latentsync.models.modeldir import Models
 from latentsync.models.scheduler import make_scheduler
 from latentsync.models.unet import FeatureCache
-from latentsync.models.vae import decode, latent_moments, sample_latents
+from latentsync.models.vae import decode, latent_moments, sample_latents, vae_factor
 from latentsync.pipeline.guidance import predict_noise
 
 LATENT_CHANNELS = 4
-VAE_FACTOR = 8
 MOMENTS_KEPT = 256  # encoded crops remembered per run (about 32 MB at 512 px in fp16)
 
 
@@ -59,14 +58,13 @@ class ChunkDenoiser:
         self.models = models
         self.settings = settings
         self.device, self.dtype = models.device, models.dtype
-        res = models.resolution
+        size = models.resolution // vae_factor(models.vae)
         self.pixel_mask = torch.tensor(mask, dtype=self.dtype, device=self.device)[None, None]  # [1,1,res,res]
-        self.latent_mask = F.interpolate(self.pixel_mask, size=(res // VAE_FACTOR, res // VAE_FACTOR))  # nearest
+        self.latent_mask = F.interpolate(self.pixel_mask, size=(size, size))  # nearest
         self.scheduler = make_scheduler(settings.sampler)
         # Upstream draws one [1, 4, 1, h, w] noise for the whole video and repeats it over frames, which keeps
         # the generated mouth texture consistent from chunk to chunk.
         self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-        size = res // VAE_FACTOR
         noise = torch.randn(1, LATENT_CHANNELS, 1, size, size, generator=self.generator)
         self.initial_noise = (noise * self.scheduler.init_noise_sigma).to(self.device, self.dtype)
         self.moments: OrderedDict[bytes, tuple[torch.Tensor, ...]] = OrderedDict()  # crop digest -> VAE moments

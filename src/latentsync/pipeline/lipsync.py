@@ -5,7 +5,7 @@ Five stages run concurrently over bounded queues (see `stages.py`):
   prepare  (thread): track the speaker's face, align and crop it; group frames into chunks of 16 face frames
            (face-less frames ride along untouched)
   denoise  (caller): the model side (`denoise.py`) on each chunk's crops with that chunk's audio windows
-  paste    (thread): paste each edited crop back with a feathered mask
+  paste    (thread): paste each edited crop back with a feathered mask (or only its lower face, `face/blend.py`)
   encode   (thread): encode the frames
 Each CPU stage has a thread of its own, so on a machine with cores to spare the CPU side keeps up with the
 slowest single stage rather than with their sum. Nothing holds more than a few chunks, so memory does not depend
@@ -28,6 +28,7 @@ from latentsync.audio.features import audio_features, frame_windows
 from latentsync.audio.load import load_audio, read_audio
 from latentsync.errors import ConfigError, NoFaceError
 from latentsync.face.align import Aligner
+from latentsync.face.blend import PASTE_MODES, colour_match, paste_weight
 from latentsync.face.mask import load_mask
 from latentsync.face.track import FaceSelector, FaceStats, FaceTracker, parse_face_selector
 from latentsync.models.modeldir import ModelDir, Models
@@ -62,6 +63,7 @@ class RunOptions:
     cache_interval: int = 1
     cache_depth: int = 1
     batch: int = 1  # chunks of 16 frames denoised together
+    paste: str | None = None  # upstream or seamless (face/blend.py); None: the model's `inference.paste`, else upstream
 
     def __post_init__(self) -> None:
         """Reject bad settings before any work, with the CLI's option names (the app and service reuse them)."""
@@ -73,6 +75,8 @@ class RunOptions:
                             ("batch", self.batch)):
             if value < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {value}")
+        if self.paste is not None and self.paste not in PASTE_MODES:
+            raise ConfigError(f"--paste must be one of {', '.join(PASTE_MODES)}, got {self.paste!r}")
         if self.guidance is not None and self.guidance < 1.0:
             raise ConfigError(f"--guidance must be at least 1.0 (1.0 = no guidance), got {self.guidance}")
         if not 0 <= self.crf <= 51:
@@ -161,7 +165,13 @@ class LipSyncPipeline:
         if options.cache_depth > levels:
             raise ConfigError(f"--cache-depth must be at most {levels} (this U-Net's levels), got {options.cache_depth}")
         denoiser = ChunkDenoiser(self.models, self.mask, settings)
-        report = RunReport(output=out, sampling=settings.describe(), audio_damage=decoded.describe_damage())
+        paste_mode = options.paste or str(defaults.get("paste", "upstream"))
+        if paste_mode not in PASTE_MODES:
+            raise ConfigError(f"{self.models.spec.root}: inference.paste must be one of {', '.join(PASTE_MODES)}, "
+                              f"got {paste_mode!r}")
+        weight = paste_weight(self.mask) if paste_mode == "seamless" else None
+        sampling = settings.describe() + (", seamless paste" if weight is not None else "")
+        report = RunReport(output=out, sampling=sampling, audio_damage=decoded.describe_damage())
         aligner_out = Aligner(self.models.resolution)
 
         def encode(chunk: _Chunk) -> None:
@@ -176,7 +186,7 @@ class LipSyncPipeline:
         def paste(chunk: _Chunk) -> None:
             with clock("paste"):
                 for f in chunk.faces:
-                    f.image = aligner_out.restore(f.image, f.crop, f.affine)
+                    f.image = aligner_out.restore(f.image, f.crop, f.affine, weight)
             encoder.put(chunk)
 
         pending: list[_Chunk] = []
@@ -193,7 +203,7 @@ class LipSyncPipeline:
                     ]
                     for chunk, crops in zip(group, denoiser.batch(inputs)):
                         for f, crop in zip(chunk.faces, crops.numpy()):
-                            f.crop = crop
+                            f.crop = crop if weight is None else colour_match(f.crop, crop, weight)
             for chunk in pending:
                 paster.put(chunk)
             pending.clear()

@@ -15,7 +15,7 @@ import torch
 from latentsync.audio.features import audio_features, frame_windows
 from latentsync.models.modeldir import ModelDir
 from latentsync.models.scheduler import make_scheduler
-from latentsync.models.vae import decode
+from latentsync.models.vae import decode, vae_factor
 from latentsync.pipeline.guidance import predict_noise
 
 
@@ -37,7 +37,7 @@ def smoke_check(model_dir: ModelDir, num_frames: int = 16) -> Iterator[str]:
     tokens = frame_windows(feats)[:num_frames]
     yield f"whisper features {list(feats.shape)} -> per-frame tokens {list(tokens.shape)} in {time.perf_counter() - t0:.2f} s"
 
-    size = models.resolution // 8
+    size = models.resolution // vae_factor(models.vae)
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, num_frames, size, size, generator=gen)
     mask = torch.ones(1, 1, num_frames, size, size)

@@ -9,8 +9,15 @@ the U-Net trainer can use them as its sync loss.
     output_dir/config.yaml        the resolved training config
     output_dir/syncnet.yaml       the model config, upstream format
     output_dir/checkpoints/       checkpoint-<step>.pt (+ .train.pt: optimizer, scaler, RNG)
-    output_dir/metrics.csv        step, time, loss, acc, grad_norm, lr, val_loss, val_acc
+    output_dir/metrics.csv        step, time, loss, acc, grad_norm, lr, val_loss, val_acc, multiway, val_rank
     output_dir/curves.png         the metrics, plotted at the end
+
+`loss.multiway` (off by default: upstream's recipe) adds multi-way matching: each in-sync window's frames must
+also pick their own mel out of `loss.negatives` mels of the same clip shifted by at least `loss.min_shift` frames
+(cross-entropy over cosines / `loss.temperature`). The pair loss gives one bit per pair; the matching term sets
+every window against several offsets at once, all from the same voice and face, so only the timing can tell them
+apart (mels of other clips would let it match voices to faces instead). See docs/real-faces.md for what it did
+for a small CPU run on real faces. Scoring is unchanged: the cosine.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from latentsync.train import loop
 from latentsync.train.loop import CkptConfig, OptimizerConfig, RunConfig
 
 log = logging.getLogger(__name__)
-METRICS = ("loss", "acc", "grad_norm", "lr", "val_loss", "val_acc")
+METRICS = ("loss", "acc", "grad_norm", "lr", "val_loss", "val_acc", "multiway", "val_rank")
 
 
 @dataclass
@@ -53,9 +60,18 @@ class SyncNetDataConfig:
 
 
 @dataclass
+class SyncNetLossConfig:
+    multiway: float = 0.0  # weight of the multi-way matching term (0: upstream's pair BCE only)
+    negatives: int = 4  # shifted mels per window for the matching term
+    min_shift: int = 4  # frames: the smallest offset of a shifted mel
+    temperature: float = 0.1  # of the matching term's softmax over cosines in [0, 1]
+
+
+@dataclass
 class SyncNetTrainConfig:
     model: Any = "syncnet_16_pixel_attn"  # a SyncNet preset, a yaml path, or an inline upstream `model:` section
     data: SyncNetDataConfig = field(default_factory=SyncNetDataConfig)
+    loss: SyncNetLossConfig = field(default_factory=SyncNetLossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     ckpt: CkptConfig = field(default_factory=CkptConfig)
@@ -81,13 +97,15 @@ def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> 
         (out / "syncnet.yaml").write_text(yaml.safe_dump(model_yaml, sort_keys=False))
     loop.barrier()
 
+    shifts = cfg.loss.negatives if cfg.loss.multiway > 0 else 0
     train_set = SyncNetDataset(data.root, data.filelist, data.resolution, data.num_frames,
-                               data.samples_per_epoch, seed=run.seed)
+                               data.samples_per_epoch, seed=run.seed, shifts=shifts, min_shift=cfg.loss.min_shift)
     loader = loop.make_loader(train_set, data.batch_size, data.num_workers, env)
     val_loader = None
     if data.val_filelist and env.main:
+        # One shifted mel per window, as far off as the pair loss's negatives: `val_rank` compares the two.
         val_set = SyncNetDataset(data.root, data.val_filelist, data.resolution, data.num_frames,
-                                 data.val_samples, seed=run.seed + 1)
+                                 data.val_samples, seed=run.seed + 1, shifts=1, min_shift=data.num_frames)
         val_loader = DataLoader(val_set, data.batch_size, num_workers=data.num_workers)
 
     model: nn.Module = StableSyncNet(SyncNetConfig.from_dict(model_yaml)).to(env.device)
@@ -110,9 +128,10 @@ def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> 
         while step < run.max_steps:
             model.train()
             for _ in range(run.grad_accum):
-                loss, correct = _loss(model, next(batches), stepper)
+                loss, correct, matching = _loss(model, next(batches), stepper, cfg.loss)
                 stepper.backward(loss)
-                loop.accumulate(sums, loss=loss.item() / run.grad_accum, acc=correct / run.grad_accum)
+                loop.accumulate(sums, loss=loss.item() / run.grad_accum, acc=correct / run.grad_accum,
+                                **({"multiway": matching / run.grad_accum} if cfg.loss.multiway > 0 else {}))
             loop.accumulate(sums, grad_norm=stepper.step(), lr=optimizer.param_groups[0]["lr"], n=1)
             step += 1
             if step % run.log_every == 0 or step == run.max_steps:
@@ -133,32 +152,66 @@ def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> 
     return final
 
 
-def _loss(model: nn.Module, batch: dict[str, torch.Tensor], stepper: loop.Stepper) -> tuple[torch.Tensor, float]:
-    """Mean BCE of the batch and its accuracy (cosine > 0.5 agrees with y).
+def _loss(model: nn.Module, batch: dict[str, torch.Tensor], stepper: loop.Stepper,
+          weights: SyncNetLossConfig = SyncNetLossConfig()) -> tuple[torch.Tensor, float, float]:
+    """Mean BCE of the batch (+ the weighted matching term), its accuracy (cosine > 0.5 agrees with y), and the
+    matching term's value (0 when off).
 
     Only the encoders run under autocast: BCE is not autocast-safe and the cosine wants fp32 anyway.
     """
     frames = batch["frames"].to(stepper.device, non_blocking=True)
     mel = batch["mel"].to(stepper.device, non_blocking=True)
     y = batch["y"].to(stepper.device, non_blocking=True).float()
+    matching = weights.multiway > 0 and "shifted_mel" in batch
+    if matching:  # one forward for every mel: the encoders are independent, so DDP sees one call
+        shifted = batch["shifted_mel"].to(stepper.device, non_blocking=True)
+        mel = torch.cat([mel, shifted.flatten(0, 1)])
     with stepper.autocast():
         vision, audio = model(visual_input(frames), mel)
-    sims = sync_probability(vision.float(), audio.float())
+    vision, audio = vision.float(), audio.float()
+    b = len(y)
+    sims = sync_probability(vision, audio[:b])
     loss = nn.functional.binary_cross_entropy(sims, y)
-    return loss, ((sims > 0.5) == (y > 0.5)).float().mean().item()
+    correct = ((sims > 0.5) == (y > 0.5)).float().mean().item()
+    positive = y > 0.5
+    if not matching or not positive.any():
+        return loss, correct, 0.0
+    candidates = torch.cat([audio[:b, None], audio[b:].view(b, -1, audio.shape[1])], dim=1)[positive]
+    term = multiway_loss(vision[positive], candidates, weights.temperature)
+    return loss + weights.multiway * term, correct, term.item()
+
+
+def multiway_loss(vision: torch.Tensor, candidates: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of picking candidate 0 (the in-sync mel) for each `vision` [N, D] among its `candidates`
+    [N, 1 + K, D], by cosine / temperature."""
+    cos = nn.functional.cosine_similarity(vision[:, None], candidates, dim=-1)
+    return nn.functional.cross_entropy(cos / temperature, torch.zeros(len(vision), dtype=torch.long, device=cos.device))
 
 
 @torch.no_grad()
 def _validate(model: nn.Module, loader: DataLoader, stepper: loop.Stepper) -> dict[str, float]:
-    """Loss and accuracy over the fixed validation samples (main rank only, on the unwrapped model)."""
+    """Loss and accuracy over the fixed validation samples (main rank only, on the unwrapped model), and
+    `val_rank`: how often a window's in-sync mel scores above a mel of the same clip at least a window away
+    (threshold-free, so a model whose cosines sit off 0.5 is judged on what it sorts)."""
     model.eval()
-    total_loss = total_correct = count = 0.0
+    total_loss = total_correct = count = ranked = pairs = 0.0
     for batch in loader:
-        loss, correct = _loss(model, batch, stepper)
+        loss, correct, _ = _loss(model, batch, stepper)
         n = len(batch["y"])
         total_loss, total_correct, count = total_loss + loss.item() * n, total_correct + correct * n, count + n
+        positive = batch["y"] > 0.5
+        if "shifted_mel" in batch and positive.any():
+            frames = batch["frames"][positive].to(stepper.device)
+            mels = torch.cat([batch["mel"][positive], batch["shifted_mel"][positive, 0]]).to(stepper.device)
+            vision, audio = model(visual_input(frames), mels)
+            k = len(frames)
+            ranked += (sync_probability(vision, audio[:k]) > sync_probability(vision, audio[k:])).sum().item()
+            pairs += k
     model.train()
-    return {"val_loss": total_loss / count, "val_acc": total_correct / count}
+    out = {"val_loss": total_loss / count, "val_acc": total_correct / count}
+    if pairs:
+        out["val_rank"] = ranked / pairs
+    return out
 
 
 

@@ -23,13 +23,12 @@ from torch import nn
 from latentsync.errors import ConfigError
 from latentsync.models.syncnet import StableSyncNet
 from latentsync.models.unet import UNet3DConditionModel
-from latentsync.models.vae import decode, encode, sample_latents
+from latentsync.models.vae import decode, encode, sample_latents, vae_factor
 from latentsync.pipeline.guidance import unet_input
 from latentsync.train.losses import LossWeights, lower_half_lpips, mixed_noise, one_step_x0, pixel_sync_loss
 from latentsync.train.lpips import LPIPS
 from latentsync.train.trepa import VideoMAEv2Features, trepa_loss
 
-VAE_FACTOR = 8
 # Upstream's rules: which parameter names (substrings) train in each stage; None = all of them.
 STAGE_MODULES: dict[str, tuple[str, ...] | None] = {
     "stage1": None,
@@ -103,10 +102,11 @@ class UNetTrainStep:
         self.syncnet_resolution = syncnet_resolution
         self.generator = generator
         mask = torch.from_numpy(np.array(mask, dtype=np.float32))  # a copy: load_mask's array is read-only
-        if mask.ndim != 2 or mask.shape[0] != mask.shape[1] or mask.shape[0] % VAE_FACTOR:
-            raise ConfigError(f"mask must be [res, res] with res a multiple of {VAE_FACTOR}, got {list(mask.shape)}")
+        factor = vae_factor(vae)
+        if mask.ndim != 2 or mask.shape[0] != mask.shape[1] or mask.shape[0] % factor:
+            raise ConfigError(f"mask must be [res, res] with res a multiple of {factor}, got {list(mask.shape)}")
         self.pixel_mask = mask[None, None]  # [1, 1, res, res]
-        size = mask.shape[0] // VAE_FACTOR
+        size = mask.shape[0] // factor
         self.latent_mask = F.interpolate(self.pixel_mask, size=(size, size)).unsqueeze(2)  # nearest, [1, 1, 1, h, w]
         # Decode only when a pixel loss is on: the decode is most of a stage-2 step's memory and time.
         self.decodes = pixel_space and max(weights.sync, weights.lpips, weights.trepa) > 0
