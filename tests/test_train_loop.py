@@ -120,3 +120,20 @@ def test_metrics_log_resume_drops_later_rows_and_plots(tmp_path: Path) -> None:
               "val_mse_no_audio": [(1, 0.45)], "val_mse_sync": [(1, 0.2)], "val_acc": [(1, 0.7)]}
     assert curve_panels(series) == {"mse": ["mse", "val_mse", "val_mse_no_audio"], "mse_sync": ["mse_sync", "val_mse_sync"],
                                     "acc": ["val_acc"]}  # an all-zero loss gets no panel
+
+
+def test_lr_schedule_is_a_function_of_the_step() -> None:
+    """Constant by default (upstream); cosine from lr to lr * final_lr; since it depends on the step alone, a run
+    resumed with a longer max_steps or another schedule follows the new config, not the checkpoint's lr."""
+    from latentsync.train.loop import OptimizerConfig, set_lr
+
+    optimizer = torch.optim.AdamW(nn.Linear(2, 2).parameters(), lr=1.0)
+    assert set_lr(optimizer, OptimizerConfig(lr=3e-4), 500, 1000) == 3e-4
+    cosine = OptimizerConfig(lr=1e-3, schedule="cosine", final_lr=0.1)
+    assert set_lr(optimizer, cosine, 0, 1000) == pytest.approx(1e-3)
+    assert set_lr(optimizer, cosine, 500, 1000) == pytest.approx(0.55e-3)
+    assert set_lr(optimizer, cosine, 1000, 1000) == pytest.approx(1e-4)
+    assert set_lr(optimizer, cosine, 1500, 1000) == pytest.approx(1e-4)  # past the end: stays at the floor
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="optimizer.schedule must be constant or cosine"):
+        set_lr(optimizer, OptimizerConfig(schedule="linear"), 0, 10)

@@ -64,7 +64,6 @@ def face_crops(video: str | os.PathLike, resolution: int, selector: str = "large
     return [None if m is None else aligner.warp(image, m) for image, m in aligned_frames(video, resolution, selector)]
 
 
-@torch.no_grad()
 def sync_score(
     syncnet: StableSyncNet,
     crops: list[np.ndarray | None],
@@ -74,14 +73,29 @@ def sync_score(
     batch: int = 16,
 ) -> SyncScore:
     """Score face crops (from `face_crops`) against 16 kHz speech; see the module docstring for `offset`."""
+    scores = window_scores(syncnet, crops, wav, offset, stride, batch)
+    face_frames = sum(c is not None for c in crops)
+    return SyncScore(float(np.mean(list(scores.values()))), len(scores), face_frames, len(crops))
+
+
+@torch.no_grad()
+def window_scores(
+    syncnet: StableSyncNet,
+    crops: list[np.ndarray | None],
+    wav: np.ndarray,
+    offset: int = 0,
+    stride: int = WINDOW,
+    batch: int = 16,
+) -> dict[int, float]:
+    """The cosine of each scorable 16-frame window (every `stride` frames), by its first frame."""
     mel = melspectrogram(wav)
     starts = [
         s for s in range(0, len(crops) - WINDOW + 1, stride)
         if all(c is not None for c in crops[s : s + WINDOW])
         and s - offset >= 0 and mel_window_start(s - offset) < mel.shape[1]
     ]
-    face_frames = sum(c is not None for c in crops)
     if not starts:
+        face_frames = sum(c is not None for c in crops)
         raise NoFaceError(f"no window of {WINDOW} consecutive face frames with audio to score "
                           f"({face_frames} of {len(crops)} frames have a face)")
     device = next(syncnet.parameters()).device
@@ -93,7 +107,7 @@ def sync_score(
         mels = torch.stack([torch.from_numpy(mel_window(mel, s - offset, WINDOW)) for s in group]).unsqueeze(1)
         vision, audio = syncnet(visual_input(frames).to(device, dtype), mels.to(device, dtype))
         sims.append(sync_probability(vision, audio).float().cpu())
-    return SyncScore(float(torch.cat(sims).mean()), len(starts), face_frames, len(crops))
+    return dict(zip(starts, torch.cat(sims).tolist()))
 
 
 @torch.no_grad()

@@ -132,7 +132,8 @@ def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> 
                 stepper.backward(loss)
                 loop.accumulate(sums, loss=loss.item() / run.grad_accum, acc=correct / run.grad_accum,
                                 **({"multiway": matching / run.grad_accum} if cfg.loss.multiway > 0 else {}))
-            loop.accumulate(sums, grad_norm=stepper.step(), lr=optimizer.param_groups[0]["lr"], n=1)
+            lr = loop.set_lr(optimizer, cfg.optimizer, step, run.max_steps)
+            loop.accumulate(sums, grad_norm=stepper.step(), lr=lr, n=1)
             step += 1
             if step % run.log_every == 0 or step == run.max_steps:
                 n = sums.pop("n")

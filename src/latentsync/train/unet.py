@@ -173,7 +173,8 @@ def _train(cfg: UNetTrainConfig, unet_yaml: dict, env: loop.Distributed) -> Path
                     loss, parts = train_step(next(batches))
                 stepper.backward(loss)
                 loop.accumulate(sums, **{k: v / run.grad_accum for k, v in parts.items()})
-            loop.accumulate(sums, grad_norm=stepper.step(), lr=optimizer.param_groups[0]["lr"], n=1)
+            lr = loop.set_lr(optimizer, cfg.optimizer, step, run.max_steps)
+            loop.accumulate(sums, grad_norm=stepper.step(), lr=lr, n=1)
             step += 1
             if step % run.log_every == 0 or step == run.max_steps:
                 n = sums.pop("n")

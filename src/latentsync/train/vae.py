@@ -236,7 +236,8 @@ def _train(cfg: VaeTrainConfig, env: loop.Distributed) -> Path:
                 loss, parts = vae_loss(model, next(batches).to(env.device, non_blocking=True), cfg.loss, stepper, lpips)
                 stepper.backward(loss)
                 _add(sums, **{k: v / run.grad_accum for k, v in parts.items()})
-            _add(sums, grad_norm=stepper.step(), lr=optimizer.param_groups[0]["lr"], n=1)
+            lr = loop.set_lr(optimizer, cfg.optimizer, step, run.max_steps)
+            _add(sums, grad_norm=stepper.step(), lr=lr, n=1)
             step += 1
             if step % run.log_every == 0 or step == run.max_steps:
                 n = sums.pop("n")
