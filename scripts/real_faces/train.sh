@@ -21,7 +21,7 @@ RUNS=$WORK/real-train
 
 # The VAE and the SyncNet see only real training people, one core each; validation is on the held-out people.
 OMP_NUM_THREADS=1 "$LS" train vae vae_small --set vae.config=small-f4 --set data.root="$DATA" \
-  --set data.filelist=train.txt --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.max_steps=7000 \
+  --set data.filelist=train.txt --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.max_steps=8000 \
   --set optimizer.schedule=cosine --set run.output_dir="$RUNS/vae" &
 VAE_JOB=$!
 OMP_NUM_THREADS=1 "$LS" train syncnet syncnet_small --set data.root="$DATA" --set data.filelist=train.txt \
