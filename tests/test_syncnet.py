@@ -191,3 +191,27 @@ def test_small_preset_builds_and_embeds():
     torch.testing.assert_close(vision.norm(dim=1), torch.ones(2))
     probability = sync_probability(vision, audio)
     assert ((probability >= 0) & (probability <= 1)).all()
+
+
+def test_center_frames_sees_motion_not_appearance():
+    """`center_frames: true` (ours) subtracts the window's mean frame before the visual encoder: a still image added
+    to every frame changes nothing, while the plain (upstream) encoder sees it; the same weights load either way."""
+    # 256 channels at 1x1: 8 per GroupNorm group (with 1 per group the norm turns rounding into the output)
+    model = {"audio_encoder": {"in_channels": 1, "block_out_channels": [256], "downsample_factors": [[80, 52]]},
+             "visual_encoder": {"in_channels": 12, "block_out_channels": [256], "downsample_factors": [[8, 16]]}}
+    plain = StableSyncNet(model)
+    centred = StableSyncNet({**model, "visual_encoder": {**model["visual_encoder"], "center_frames": True}})
+    centred.load_state_dict(plain.state_dict())  # no weights of its own
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.rand(2, 4, 3, 8, 16, generator=gen)
+    still = torch.rand(2, 1, 3, 8, 16, generator=gen)
+    mel = torch.rand(2, 1, 80, 52, generator=gen)
+
+    def embed(net, x):
+        return net(x.reshape(2, 12, 8, 16), mel)[0]
+
+    assert torch.allclose(embed(centred, frames), embed(centred, frames + still), atol=1e-5)
+    assert not torch.allclose(embed(plain, frames), embed(plain, frames + still), atol=1e-3)
+    assert SyncNetConfig.from_dict(model).visual_encoder.center_frames is False
+    with pytest.raises(ConfigError, match="center_frames needs RGB frames"):
+        StableSyncNet({**model, "visual_encoder": {**model["visual_encoder"], "in_channels": 8, "center_frames": 1}})

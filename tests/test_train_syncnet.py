@@ -183,13 +183,17 @@ def test_ddp_two_processes_agree(data: Path, tmp_path: Path) -> None:
     assert [int(r["step"]) for r in _rows(out / "metrics.csv")] == [1, 2, 3]  # the main rank logs, once
 
 
-@pytest.mark.parametrize("name", ["syncnet_small", "syncnet_16_pixel_attn"])
+@pytest.mark.parametrize("name", ["syncnet_small", "syncnet_real", "syncnet_16_pixel_attn"])
 def test_packaged_configs_load_and_their_models_fit_the_data(name: str) -> None:
     cfg = load_config(SyncNetTrainConfig, resolve_config(name))
     model = syncnet_yaml(cfg)  # builds the model on the meta device and runs it at the configured size
     assert model["data"] == {"num_frames": 16, "resolution": cfg.data.resolution, "latent_space": False,
                              "lower_half": True}
-    assert cfg.ckpt.resume_from == "latest" and cfg.optimizer.lr == {"syncnet_small": 1e-4}.get(name, 1e-5)
+    assert cfg.ckpt.resume_from == "latest"
+    assert cfg.optimizer.lr == {"syncnet_small": 1e-4, "syncnet_real": 2e-4}.get(name, 1e-5)
+    if name == "syncnet_real":  # motion, not appearance; matching against the same clip a window or more away
+        assert model["model"]["visual_encoder"]["center_frames"] is True
+        assert (cfg.loss.multiway, cfg.loss.min_shift) == (1.0, 16)
     if name == "syncnet_16_pixel_attn":  # upstream's numbers
         run = cfg.run
         assert (cfg.data.resolution, cfg.data.batch_size, run.mixed_precision, run.grad_clip) == (256, 256, "fp16", 1.0)

@@ -24,9 +24,8 @@ OMP_NUM_THREADS=1 "$LS" train vae vae_small --set vae.config=small-f4 --set data
   --set data.filelist=train.txt --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.max_steps=8000 \
   --set optimizer.schedule=cosine --set run.output_dir="$RUNS/vae" &
 VAE_JOB=$!
-OMP_NUM_THREADS=1 "$LS" train syncnet syncnet_small --set data.root="$DATA" --set data.filelist=train.txt \
-  --set data.val_filelist="$PWD/$DATA/held_out.txt" --set data.num_workers=1 --set loss.multiway=1.0 \
-  --set loss.min_shift=16 --set run.max_steps=3000 --set run.output_dir="$RUNS/syncnet" &
+OMP_NUM_THREADS=1 "$LS" train syncnet syncnet_real --set data.root="$DATA" --set data.filelist=train.txt \
+  --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.output_dir="$RUNS/syncnet" &
 SYNCNET_JOB=$!
 wait "$VAE_JOB"
 wait "$SYNCNET_JOB"

@@ -37,6 +37,9 @@ class EncoderConfig:
     """One `DownEncoder2D`: a conv stem, then per entry one resnet block (and optionally attention after it).
 
     `downsample_factors` entries are an int stride (1 = no downsampling) or an (h, w) stride pair.
+    `center_frames` (ours; upstream's files lack it, so it is off for them): the visual input's frames minus their
+    mean over the window, so the encoder sees how the face moves rather than what it looks like (see
+    docs/real-faces.md). It has no weights: a checkpoint loads either way.
     """
 
     in_channels: int
@@ -44,6 +47,7 @@ class EncoderConfig:
     downsample_factors: tuple[Factor, ...]
     attn_blocks: tuple[int, ...]
     dropout: float = 0.0
+    center_frames: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], name: str) -> "EncoderConfig":
@@ -57,7 +61,8 @@ class EncoderConfig:
             channels = tuple(int(c) for c in d["block_out_channels"])
             factors = tuple(f if isinstance(f, int) else (int(f[0]), int(f[1])) for f in d["downsample_factors"])
             attn = tuple(int(a) for a in d.get("attn_blocks", [0] * len(channels)))
-            cfg = cls(int(d["in_channels"]), channels, factors, attn, float(d.get("dropout", 0.0)))
+            cfg = cls(int(d["in_channels"]), channels, factors, attn, float(d.get("dropout", 0.0)),
+                      bool(d.get("center_frames", False)))
         except KeyError as exc:
             raise ConfigError(f"syncnet {name}: missing key {exc}") from None
         except (TypeError, ValueError, IndexError) as exc:
@@ -183,6 +188,9 @@ class DownEncoder2D(nn.Module):
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
+        if cfg.center_frames and cfg.in_channels % 3:
+            raise ConfigError(f"center_frames needs RGB frames stacked as channels, got {cfg.in_channels} channels")
+        self.center_frames = cfg.center_frames
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.block_out_channels[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         channels = cfg.block_out_channels[0]
@@ -194,6 +202,10 @@ class DownEncoder2D(nn.Module):
         self.norm_out = nn.GroupNorm(NORM_GROUPS, channels, eps=NORM_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.center_frames:  # channels are frame-major (C*f + c): [B, F, 3, H, W], minus the mean frame
+            b, c, h, w = x.shape
+            frames = x.view(b, c // 3, 3, h, w)
+            x = (frames - frames.mean(dim=1, keepdim=True)).view(b, c, h, w)
         x = self.conv_in(x)
         for block in self.down_blocks:
             x = block(x)
