@@ -125,7 +125,8 @@ def test_metrics_log_resume_drops_later_rows_and_plots(tmp_path: Path) -> None:
 def test_lr_schedule_is_a_function_of_the_step() -> None:
     """Constant by default (upstream); cosine from lr to lr * final_lr; since it depends on the step alone, a run
     resumed with a longer max_steps or another schedule follows the new config, not the checkpoint's lr."""
-    from latentsync.train.loop import OptimizerConfig, set_lr
+    from latentsync.train.loop import OptimizerConfig
+    from latentsync.train.schedule import set_lr
 
     optimizer = torch.optim.AdamW(nn.Linear(2, 2).parameters(), lr=1.0)
     assert set_lr(optimizer, OptimizerConfig(lr=3e-4), 500, 1000) == 3e-4

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import math
 import os
 import re
 import tempfile
@@ -41,21 +40,6 @@ class OptimizerConfig:
     weight_decay: float = 1e-2  # AdamW's default, which upstream keeps
     schedule: str = "constant"  # or cosine: from lr at step 0 down to lr * final_lr at run.max_steps
     final_lr: float = 0.1  # the cosine schedule's last lr, as a fraction of lr
-
-
-def set_lr(optimizer: torch.optim.Optimizer, config: OptimizerConfig, step: int, max_steps: int) -> float:
-    """Set the lr of the step about to be taken (a function of the step alone, so a resumed run, or one resumed
-    with another schedule or a longer max_steps, follows the config rather than the checkpoint); returns it."""
-    if config.schedule == "constant":
-        lr = config.lr
-    elif config.schedule == "cosine":
-        progress = min(step / max(max_steps, 1), 1.0)
-        lr = config.lr * (config.final_lr + (1 - config.final_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
-    else:
-        raise ConfigError(f"optimizer.schedule must be constant or cosine, got {config.schedule!r}")
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
 
 
 @dataclass

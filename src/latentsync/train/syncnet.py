@@ -41,6 +41,7 @@ from latentsync.models.syncnet import StableSyncNet, SyncNetConfig, load_syncnet
 from latentsync.pipeline.progress import progress_bar
 from latentsync.train import loop
 from latentsync.train.loop import CkptConfig, OptimizerConfig, RunConfig
+from latentsync.train.schedule import set_lr
 
 log = logging.getLogger(__name__)
 METRICS = ("loss", "acc", "grad_norm", "lr", "val_loss", "val_acc", "multiway", "val_rank")
@@ -132,7 +133,7 @@ def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> 
                 stepper.backward(loss)
                 loop.accumulate(sums, loss=loss.item() / run.grad_accum, acc=correct / run.grad_accum,
                                 **({"multiway": matching / run.grad_accum} if cfg.loss.multiway > 0 else {}))
-            lr = loop.set_lr(optimizer, cfg.optimizer, step, run.max_steps)
+            lr = set_lr(optimizer, cfg.optimizer, step, run.max_steps)
             loop.accumulate(sums, grad_norm=stepper.step(), lr=lr, n=1)
             step += 1
             if step % run.log_every == 0 or step == run.max_steps:

@@ -37,6 +37,7 @@ from latentsync.pipeline.progress import progress_bar
 from latentsync.train import loop
 from latentsync.train.loop import CkptConfig, OptimizerConfig, RunConfig
 from latentsync.train.losses import LossWeights
+from latentsync.train.schedule import set_lr
 from latentsync.train.unet_step import METRICS as STEP_METRICS
 from latentsync.train.unet_step import UNetTrainStep, trainable_parameters, training_rule
 
@@ -173,7 +174,7 @@ def _train(cfg: UNetTrainConfig, unet_yaml: dict, env: loop.Distributed) -> Path
                     loss, parts = train_step(next(batches))
                 stepper.backward(loss)
                 loop.accumulate(sums, **{k: v / run.grad_accum for k, v in parts.items()})
-            lr = loop.set_lr(optimizer, cfg.optimizer, step, run.max_steps)
+            lr = set_lr(optimizer, cfg.optimizer, step, run.max_steps)
             loop.accumulate(sums, grad_norm=stepper.step(), lr=lr, n=1)
             step += 1
             if step % run.log_every == 0 or step == run.max_steps:

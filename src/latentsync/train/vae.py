@@ -45,6 +45,7 @@ from latentsync.models.vae import SCALING_FACTOR, init_vae, load_vae, save_vae
 from latentsync.pipeline.progress import progress_bar
 from latentsync.train import loop
 from latentsync.train.loop import CkptConfig, OptimizerConfig, RunConfig
+from latentsync.train.schedule import set_lr
 from latentsync.video.reader import VideoFrames
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def _train(cfg: VaeTrainConfig, env: loop.Distributed) -> Path:
                 loss, parts = vae_loss(model, next(batches).to(env.device, non_blocking=True), cfg.loss, stepper, lpips)
                 stepper.backward(loss)
                 _add(sums, **{k: v / run.grad_accum for k, v in parts.items()})
-            lr = loop.set_lr(optimizer, cfg.optimizer, step, run.max_steps)
+            lr = set_lr(optimizer, cfg.optimizer, step, run.max_steps)
             _add(sums, grad_norm=stepper.step(), lr=lr, n=1)
             step += 1
             if step % run.log_every == 0 or step == run.max_steps:
