@@ -89,7 +89,8 @@ class _Frame:
     index: int
     image: np.ndarray
     affine: np.ndarray | None = None
-    crop: np.ndarray | None = None
+    crop: np.ndarray | None = None  # the aligned source crop
+    generated: np.ndarray | None = None  # the denoiser's crop for it
 
 
 @dataclass
@@ -186,7 +187,9 @@ class LipSyncPipeline:
         def paste(chunk: _Chunk) -> None:
             with clock("paste"):
                 for f in chunk.faces:
-                    f.image = aligner_out.restore(f.image, f.crop, f.affine, weight)
+                    # The colour match runs here, in the paste thread, not in the caller's, which drives the model.
+                    crop = f.generated if weight is None else colour_match(f.crop, f.generated, weight)
+                    f.image = aligner_out.restore(f.image, crop, f.affine, weight)
             encoder.put(chunk)
 
         pending: list[_Chunk] = []
@@ -203,7 +206,7 @@ class LipSyncPipeline:
                     ]
                     for chunk, crops in zip(group, denoiser.batch(inputs)):
                         for f, crop in zip(chunk.faces, crops.numpy()):
-                            f.crop = crop if weight is None else colour_match(f.crop, crop, weight)
+                            f.generated = crop
             for chunk in pending:
                 paster.put(chunk)
             pending.clear()
