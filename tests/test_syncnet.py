@@ -215,3 +215,32 @@ def test_center_frames_sees_motion_not_appearance():
     assert SyncNetConfig.from_dict(model).visual_encoder.center_frames is False
     with pytest.raises(ConfigError, match="center_frames needs RGB frames"):
         StableSyncNet({**model, "visual_encoder": {**model["visual_encoder"], "in_channels": 8, "center_frames": 1}})
+
+
+def test_temporal_embeddings_are_frame_by_frame():
+    """`per_frame` (visual) and `time_steps` (audio), ours: the embeddings are time series, [C, 1, frames]
+    flattened. Reordering the frames reorders the visual embedding's time steps and nothing else, and the packaged
+    `small_temporal` preset yields visual and audio embeddings of the same size for 16 frames at 32 px."""
+    encoder = {"in_channels": 12, "block_out_channels": [32, 64], "downsample_factors": [[1, 2], [8, 8]],
+               "center_frames": True, "per_frame": True}
+    model = StableSyncNet({"audio_encoder": {"in_channels": 1, "block_out_channels": [64],
+                                             "downsample_factors": [[80, 1]], "time_steps": 4},
+                           "visual_encoder": encoder}).eval()
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.rand(2, 4, 3, 8, 16, generator=gen)
+    order = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad():
+        series = model.visual_encoder(frames.reshape(2, 12, 8, 16))
+        reordered = model.visual_encoder(frames[:, order].reshape(2, 12, 8, 16))
+        audio = model.audio_encoder(torch.rand(2, 1, 80, 52, generator=gen))
+    assert series.shape == (2, 64, 1, 4) and audio.shape == (2, 64, 1, 4)
+    torch.testing.assert_close(reordered, series[..., order], atol=1e-3, rtol=1e-3)  # 2 channels per norm group
+    assert not torch.allclose(series[..., 0], series[..., 1], atol=1e-3)  # the steps differ: each sees its frame
+
+    net = StableSyncNet(load_syncnet_yaml("small_temporal"))
+    with torch.no_grad():
+        vision, sound = net(visual_input(torch.rand(1, 16, 3, 32, 32) * 2 - 1), torch.rand(1, 1, 80, 52))
+    assert vision.shape == sound.shape == (1, 128 * 16)
+    with pytest.raises(ConfigError, match="per_frame needs RGB frames"):
+        StableSyncNet({"audio_encoder": model.config.audio_encoder.__dict__,
+                       "visual_encoder": {**encoder, "in_channels": 8, "center_frames": False}})

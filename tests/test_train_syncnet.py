@@ -190,10 +190,12 @@ def test_packaged_configs_load_and_their_models_fit_the_data(name: str) -> None:
     assert model["data"] == {"num_frames": 16, "resolution": cfg.data.resolution, "latent_space": False,
                              "lower_half": True}
     assert cfg.ckpt.resume_from == "latest"
-    assert cfg.optimizer.lr == {"syncnet_small": 1e-4, "syncnet_real": 2e-4}.get(name, 1e-5)
-    if name == "syncnet_real":  # motion, not appearance; matching against the same clip a window or more away
-        assert model["model"]["visual_encoder"]["center_frames"] is True
-        assert (cfg.loss.multiway, cfg.loss.min_shift) == (1.0, 16)
+    assert cfg.optimizer.lr == {"syncnet_small": 1e-4, "syncnet_real": 3e-4}.get(name, 1e-5)
+    if name == "syncnet_real":  # frame-by-frame embeddings of motion; matching against the same clip 6+ frames away
+        visual = model["model"]["visual_encoder"]
+        assert visual["center_frames"] is True and visual["per_frame"] is True
+        assert model["model"]["audio_encoder"]["time_steps"] == 16
+        assert (cfg.data.resolution, cfg.loss.multiway, cfg.loss.min_shift) == (32, 1.0, 6)
     if name == "syncnet_16_pixel_attn":  # upstream's numbers
         run = cfg.run
         assert (cfg.data.resolution, cfg.data.batch_size, run.mixed_precision, run.grad_clip) == (256, 256, "fp16", 1.0)

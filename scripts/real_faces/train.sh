@@ -21,11 +21,11 @@ RUNS=$WORK/real-train
 
 # The VAE and the SyncNet see only real training people, one core each; validation is on the held-out people.
 OMP_NUM_THREADS=1 "$LS" train vae vae_small --set vae.config=small-f4 --set data.root="$DATA" \
-  --set data.filelist=train.txt --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.max_steps=8000 \
+  --set data.filelist=train.txt --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.max_steps=6000 \
   --set optimizer.schedule=cosine --set run.output_dir="$RUNS/vae" &
 VAE_JOB=$!
 OMP_NUM_THREADS=1 "$LS" train syncnet syncnet_real --set data.root="$DATA" --set data.filelist=train.txt \
-  --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.output_dir="$RUNS/syncnet" &
+  --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.output_dir="$RUNS/syncnet-temporal" &
 SYNCNET_JOB=$!
 wait "$VAE_JOB"
 wait "$SYNCNET_JOB"

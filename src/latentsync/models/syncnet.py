@@ -40,6 +40,12 @@ class EncoderConfig:
     `center_frames` (ours; upstream's files lack it, so it is off for them): the visual input's frames minus their
     mean over the window, so the encoder sees how the face moves rather than what it looks like (see
     docs/real-faces.md). It has no weights: a checkpoint loads either way.
+
+    `per_frame` and `time_steps` (ours, off for upstream's files) make the embedding a time series, so that the
+    cosine compares mouth and sound frame by frame instead of having to learn time from a flat stack:
+    - `per_frame` (visual): the encoder runs on each RGB frame of the stack on its own (`in_channels` still names
+      the stack, 3 per frame; the stem takes 3) and its output is laid out [C*h*w, 1, frames];
+    - `time_steps` (audio): the output map is averaged down to [C, 1, time_steps], one step per video frame.
     """
 
     in_channels: int
@@ -48,6 +54,8 @@ class EncoderConfig:
     attn_blocks: tuple[int, ...]
     dropout: float = 0.0
     center_frames: bool = False
+    per_frame: bool = False
+    time_steps: int = 0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], name: str) -> "EncoderConfig":
@@ -62,7 +70,8 @@ class EncoderConfig:
             factors = tuple(f if isinstance(f, int) else (int(f[0]), int(f[1])) for f in d["downsample_factors"])
             attn = tuple(int(a) for a in d.get("attn_blocks", [0] * len(channels)))
             cfg = cls(int(d["in_channels"]), channels, factors, attn, float(d.get("dropout", 0.0)),
-                      bool(d.get("center_frames", False)))
+                      bool(d.get("center_frames", False)), bool(d.get("per_frame", False)),
+                      int(d.get("time_steps", 0)))
         except KeyError as exc:
             raise ConfigError(f"syncnet {name}: missing key {exc}") from None
         except (TypeError, ValueError, IndexError) as exc:
@@ -188,10 +197,13 @@ class DownEncoder2D(nn.Module):
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
-        if cfg.center_frames and cfg.in_channels % 3:
-            raise ConfigError(f"center_frames needs RGB frames stacked as channels, got {cfg.in_channels} channels")
-        self.center_frames = cfg.center_frames
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.block_out_channels[0], 3, padding=1)
+        for option in ("center_frames", "per_frame"):
+            if getattr(cfg, option) and cfg.in_channels % 3:
+                raise ConfigError(f"{option} needs RGB frames stacked as channels, got {cfg.in_channels} channels")
+        if cfg.time_steps < 0:
+            raise ConfigError(f"time_steps must be >= 0, got {cfg.time_steps}")
+        self.center_frames, self.per_frame, self.time_steps = cfg.center_frames, cfg.per_frame, cfg.time_steps
+        self.conv_in = nn.Conv2d(3 if cfg.per_frame else cfg.in_channels, cfg.block_out_channels[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         channels = cfg.block_out_channels[0]
         for out, factor, attn in zip(cfg.block_out_channels, cfg.downsample_factors, cfg.attn_blocks):
@@ -206,10 +218,18 @@ class DownEncoder2D(nn.Module):
             b, c, h, w = x.shape
             frames = x.view(b, c // 3, 3, h, w)
             x = (frames - frames.mean(dim=1, keepdim=True)).view(b, c, h, w)
+        b, c, h, w = x.shape
+        if self.per_frame:
+            x = x.reshape(b * (c // 3), 3, h, w)
         x = self.conv_in(x)
         for block in self.down_blocks:
             x = block(x)
-        return F.relu(self.norm_out(x))
+        x = F.relu(self.norm_out(x))
+        if self.per_frame:  # [B*F, C, h, w] -> [B, C*h*w, 1, F]: feature-major, like the audio's [B, C, 1, T]
+            x = x.reshape(b, c // 3, -1).transpose(1, 2).unsqueeze(2)
+        if self.time_steps:
+            x = F.adaptive_avg_pool2d(x, (1, self.time_steps))
+        return x
 
 
 class StableSyncNet(nn.Module):
