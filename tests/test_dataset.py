@@ -97,6 +97,24 @@ def test_resize_to_the_training_resolution(data_root: Path) -> None:
     assert frames.shape == (16, 3, 64, 64) and -1.0 <= frames.min() and frames.max() <= 1.0
 
 
+def test_augmented_windows_vary_alike_and_keep_their_mel(data_root: Path) -> None:
+    """`augment`: one flip, gain and shift for all of a window's frames (so motion is what it was), the mel and the
+    pairing untouched, reproducible per (seed, epoch, index)."""
+    plain = SyncNetDataset(data_root, "filelist.txt", SIZE, samples_per_epoch=12, seed=5)
+    varied = SyncNetDataset(data_root, "filelist.txt", SIZE, samples_per_epoch=12, seed=5, augment=True)
+    changed = 0
+    for index in range(12):
+        a, b = plain[index], varied[index]
+        assert torch.equal(a["mel"], b["mel"]) and float(a["y"]) == float(b["y"])
+        assert b["frames"].shape == a["frames"].shape and -1.0 <= b["frames"].min() and b["frames"].max() <= 1.0
+        changed += not torch.allclose(a["frames"], b["frames"])
+        # the same change in every frame: frame-to-frame differences shrink or grow alike, never reorder
+        ratio = (b["frames"][1:] - b["frames"][:-1]).abs().mean() / (a["frames"][1:] - a["frames"][:-1]).abs().mean()
+        assert 0.5 < float(ratio) < 1.5
+    assert changed >= 10
+    assert torch.equal(varied[3]["frames"], varied[3]["frames"])
+
+
 def test_unet_items_reference_window_and_whisper_alignment(data_root: Path) -> None:
     encoder = tiny_en_path()
     ds = UNetDataset(data_root, "filelist.txt", SIZE, encoder_path=encoder, samples_per_epoch=30, seed=5)

@@ -84,7 +84,8 @@ def sd_alphas_cumprod() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("sampler, steps, tol", [("ddim", 20, 0.05), ("ddim", 8, 0.05), ("dpm++", 8, 1e-3),
-                                                 ("dpm++", 4, 1e-3)])
+                                                 ("dpm++", 4, 1e-3), ("ddim-trailing", 1, 0.05),
+                                                 ("ddim-trailing", 2, 0.05)])
 def test_samplers_reach_the_clean_sample_with_an_exact_noise_predictor(sampler, steps, tol):
     """With eps predicted exactly for a known x0, sampling must end at x0. DDIM's last step stops at t = 0
     (alpha 0.99915, upstream's set_alpha_to_one false), hence its looser tolerance; DPM-Solver++ ends at sigma 0.
@@ -200,3 +201,18 @@ def test_identical_crops_are_encoded_once_per_run(pipeline, media, tmp_path):
     assert report.frames == 50
     assert still_frames == 2  # one crop, masked and not
     assert sum(encoded) == 2 * 50  # every moving frame, and the last short chunk's padding for free
+
+
+def test_a_models_own_sampler_is_used_and_a_bad_one_refused(pipeline, media, tmp_path, monkeypatch):
+    """`inference.sampler` in model.yaml is the run's default (a distilled student's ddim-trailing); --sampler
+    overrides it; a name that is not a sampler is a one-line error and no output."""
+    spec = pipeline.models.spec
+    monkeypatch.setattr(spec, "inference", {**spec.inference, "sampler": "ddim-trailing", "steps": 1})
+    report = pipeline.run(media["video"], media["audio"], tmp_path / "own.mp4", RunOptions())
+    assert report.sampling.startswith("ddim-trailing, 1 steps")
+    report = pipeline.run(media["video"], media["audio"], tmp_path / "ddim.mp4", RunOptions(sampler="ddim"))
+    assert report.sampling.startswith("ddim, 1 steps")
+    monkeypatch.setattr(spec, "inference", {**spec.inference, "sampler": "euler"})
+    with pytest.raises(ConfigError, match="inference.sampler must be one of"):
+        pipeline.run(media["video"], media["audio"], tmp_path / "bad.mp4", RunOptions())
+    assert not (tmp_path / "bad.mp4").exists()

@@ -72,6 +72,22 @@ def test_lpips_without_vgg_weights_is_refused(setup, tmp_path):
         train_vae(setup["config"], {"loss.lpips": 0.1, "run.output_dir": str(tmp_path / "run")})
 
 
+def test_decoder_only_fine_tuning_keeps_the_latents(setup, tmp_path):
+    """vae.train=decoder: the encoder and quant_conv come out bit-identical (a U-Net trained on the latents stays
+    valid) while the decoder trains; without a VAE to start from it is refused."""
+    start = setup["dir"] / "run" / "vae"
+    if not start.is_dir():
+        train_vae(setup["config"])
+    overrides = {"vae.init_from": str(start), "vae.train": "decoder", "run.max_steps": 3, "run.val_every": 3,
+                 "run.ckpt_every": 3, "run.output_dir": str(tmp_path / "run")}
+    before, after = load_vae(start).state_dict(), load_vae(train_vae(setup["config"], overrides)).state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    with pytest.raises(ConfigError, match="set vae.init_from"):
+        train_vae(setup["config"], {"vae.train": "decoder", "run.output_dir": str(tmp_path / "other")})
+
+
 def test_frames_are_seeded_cropped_and_in_range(setup):
     root = setup["dir"] / "synth" / "aligned"
     a = FrameDataset(root, "filelist.txt", 64, 4, seed=3, crop=32, flip=True)

@@ -255,11 +255,15 @@ def _train(args: argparse.Namespace) -> int:
         from latentsync.train.unet import train_unet as train
     elif args.train_command == "vae":
         from latentsync.train.vae import train_vae as train
+    elif args.train_command == "distill":
+        from latentsync.train.distill import train_distill as train
     else:
         from latentsync.train.syncnet import train_syncnet as train
     path = train(args.config, loop.parse_overrides(args.overrides))
     if loop.is_main():
         print(f"final checkpoint {path}")
+        if args.train_command == "distill":
+            print(f"student model folder {path.parent.parent / 'model'} (run it with --model)")
     return 0
 
 
@@ -313,8 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "the lower face, colour-matched and feathered (the model's default when its model.yaml asks)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     speed = run.add_argument_group("speed (measured trade-offs: bench/RESULTS.md)")
-    speed.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++"],
-                       help="ddim (upstream) or dpm++ (DPM-Solver++, for 8-12 steps)")
+    speed.add_argument("--sampler", choices=["ddim", "dpm++", "ddim-trailing"],
+                       help="ddim (upstream), dpm++ (DPM-Solver++, for 8-12 steps) or ddim-trailing (1-4 steps, for "
+                            "distilled students) (default: the model's, ddim for 1.5/1.6)")
     speed.add_argument("--cache-interval", type=int, default=1, metavar="N",
                        help="DeepCache: run the deep U-Net levels every N-th step only (default 1: every step)")
     speed.add_argument("--cache-depth", type=int, default=1, metavar="L",
@@ -364,12 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("plan", type=Path, help="YAML: side -> person -> source files (see docs/data-pipeline.md)")
     split.set_defaults(handler=_split_data)
 
-    train = sub.add_parser("train", help="train the U-Net, a SyncNet or a small VAE (torchrun for several GPUs)")
+    train = sub.add_parser("train", help="train the U-Net, a SyncNet or a small VAE (torchrun for several GPUs), or "
+                                         "distil a few-step U-Net")
     train_sub = train.add_subparsers(dest="train_command", required=True)
     for name, packaged in [("unet", "unet_small, unet_stage1, unet_stage2, unet_stage2_efficient, unet_stage1_512, "
                                     "unet_stage2_512"), ("syncnet", "syncnet_small, syncnet_16_pixel_attn"),
-                          ("vae", "vae_small")]:
-        p = train_sub.add_parser(name, help=f"train the {dict(unet='U-Net', syncnet='SyncNet', vae='VAE')[name]}")
+                          ("vae", "vae_small"), ("distill", "distill_demo")]:
+        what = dict(unet="train the U-Net", syncnet="train the SyncNet", vae="train the VAE",
+                    distill="distil a model's U-Net into a 1-4 step student (docs/distill.md)")[name]
+        p = train_sub.add_parser(name, help=what)
         p.add_argument("config", help=f"training yaml, or a packaged one: {packaged}")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set data.root=data/aligned --set run.max_steps=500")

@@ -43,6 +43,25 @@ class PipelineCache:
         return list(self._pipelines)
 
 
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a model's `model.yaml` (`inference:`) asks for; the page starts its settings there."""
+
+    steps: int = 20
+    guidance: float = 1.5
+    sampler: str = "ddim"
+
+
+def model_defaults(model: str) -> ModelDefaults:
+    """The model's own sampling settings (upstream's for a model that cannot be read: the run then says why)."""
+    try:
+        inference = ModelDir.resolve(model).spec.inference
+    except LatentSyncError:
+        return ModelDefaults()
+    return ModelDefaults(int(inference.get("steps", 20)), float(inference.get("guidance_scale", 1.5)),
+                         str(inference.get("sampler", "ddim")))
+
+
 def installed_models(extra: Sequence[str] = ()) -> list[str]:
     """`extra` (the user's `--model` values, first = default) then every known model name that resolves here."""
     names = list(dict.fromkeys(extra))

@@ -16,15 +16,15 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from latentsync.app.pipelines import PipelineCache, preview_faces
+from latentsync.app.pipelines import PipelineCache, model_defaults, preview_faces
 from latentsync.errors import LatentSyncError, ModelNotFoundError
 from latentsync.models.scheduler import SAMPLERS
 from latentsync.pipeline.lipsync import FPS, RunOptions
 from latentsync.pipeline.report import Progress
 
 LARGEST = "largest"
-STEPS = (4, 50, 20)  # slider min, max, default: upstream's 20 steps (dpm++ works from about 6)
-GUIDANCE = (1.0, 3.0, 1.5)  # upstream's guidance scale 1.5; 1.0 turns guidance off
+STEPS = (1, 50)  # slider min, max; it starts at the model's steps (20 for 1.5/1.6, 1-4 for a distilled student)
+GUIDANCE = (1.0, 3.0)  # starts at the model's guidance: upstream's 1.5; 1.0 turns guidance off (students)
 INTRO = (
     "Upload a video or a still image of a face and, optionally, the speech to lip-sync it to "
     "(default: the video's own soundtrack). With several people in view, pick the speaker."
@@ -75,14 +75,16 @@ def build_ui(cache: PipelineCache, models: list[str], work_dir: Path) -> gr.Bloc
                 face = gr.Radio([LARGEST], value=LARGEST, label="Speaker", elem_id="face")
                 with gr.Accordion("Settings", open=True):
                     model = gr.Dropdown(models, value=models[0], label="Model", elem_id="model")
+                    defaults = model_defaults(models[0])
                     guidance = gr.Slider(
-                        *GUIDANCE[:2], value=GUIDANCE[2], step=0.1, label="Guidance", elem_id="guidance"
+                        *GUIDANCE, value=defaults.guidance, step=0.1, label="Guidance", elem_id="guidance"
                     )
-                    steps = gr.Slider(*STEPS[:2], value=STEPS[2], step=1, label="Denoising steps", elem_id="steps")
+                    steps = gr.Slider(*STEPS, value=defaults.steps, step=1, label="Denoising steps", elem_id="steps")
                     seed = gr.Number(value=RunOptions.seed, precision=0, label="Seed", elem_id="seed")
                 with gr.Accordion("Speed", open=False):
-                    sampler = gr.Radio(list(SAMPLERS), value=RunOptions.sampler, elem_id="sampler",
-                                       label="Sampler (ddim: upstream; dpm++: made for 6-12 steps)")
+                    sampler = gr.Radio(list(SAMPLERS), value=defaults.sampler, elem_id="sampler",
+                                       label="Sampler (ddim: upstream; dpm++: made for 6-12 steps; ddim-trailing: "
+                                             "1-4 steps, distilled students)")
                     cache_interval = gr.Slider(1, 4, value=RunOptions.cache_interval, step=1, elem_id="cache-interval",
                                                label="DeepCache: deep U-Net features every N-th step (1 = off)")
                 run = gr.Button("Lip-sync", variant="primary", elem_id="run")
@@ -94,6 +96,7 @@ def build_ui(cache: PipelineCache, models: list[str], work_dir: Path) -> gr.Bloc
         # Face detection must not wait behind a long lip-sync run: it gets a queue lane of its own.
         video.change(_show_faces, video, [faces, face, status], concurrency_id="faces", concurrency_limit=1)
         faces.select(_pick_face, None, face, queue=False)
+        model.change(_model_settings, model, [guidance, steps, sampler], queue=False)
         # Clear the last result first: after a failed run no earlier output should look like its result.
         run.click(lambda: (None, None, ""), None, [result, download, status], queue=False).then(
             _runner(cache, work_dir), [video, audio, model, guidance, steps, seed, face, sampler, cache_interval],
@@ -120,6 +123,12 @@ def _show_faces(video: str | None) -> tuple[list[tuple[Any, str]], dict[str, Any
     choices += [(label, str(i)) for i, label in enumerate(labels)]
     note = f"{len(labels)} face(s) found at {found.frame_index / FPS:.1f} s; the speaker is the largest unless picked"
     return list(zip(found.crops, labels)), gr.update(choices=choices, value=LARGEST), note
+
+
+def _model_settings(model: str) -> tuple[float, int, str]:
+    """A newly picked model's own guidance, steps and sampler: a distilled student must not run at 20 guided steps."""
+    defaults = model_defaults(model)
+    return defaults.guidance, defaults.steps, defaults.sampler
 
 
 def _pick_face(event: gr.SelectData) -> str:

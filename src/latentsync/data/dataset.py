@@ -335,7 +335,9 @@ class SyncNetDataset(_ClipDataset):
     With `shifts` K > 0 they also hold `shifted_mel` [K, 1, 80, 52]: mels of the same clip starting at least
     `min_shift` frames before or after the frames (drawn with replacement), the candidates a multi-way matching
     loss sets against the in-sync mel. Only the mel is needed, so the cache has no Whisper features unless
-    `encoder_path` is given.
+    `encoder_path` is given. `augment` varies each window's frames (all alike, the mel untouched): a horizontal
+    flip, a contrast gain of 0.75-1.25 and a shift of up to `resolution` / 32 pixels, so that a small set of people
+    teaches timing rather than the look of their clips.
     """
 
     def __init__(
@@ -349,9 +351,10 @@ class SyncNetDataset(_ClipDataset):
         encoder_path: str | os.PathLike | None = None,
         shifts: int = 0,
         min_shift: int = 4,
+        augment: bool = False,
     ) -> None:
         super().__init__(root, filelist, resolution, num_frames, 2 * num_frames, encoder_path, samples_per_epoch, seed)
-        self.shifts, self.min_shift = shifts, min_shift
+        self.shifts, self.min_shift, self.augment = shifts, min_shift, augment
 
     def sample(self, index: int) -> SyncSample:
         """Which windows item `index` pairs (no decoding), so the sampling rules can be checked directly."""
@@ -363,6 +366,8 @@ class SyncNetDataset(_ClipDataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         s = self.sample(index)
         frames, mel = self._frames(s.clip, s.start), self._mel(s.clip, s.audio_start)
+        if self.augment:
+            frames = _vary(frames, np.random.default_rng([self.seed, self.epoch, index, 2]))
         item = {"frames": frames, "mel": mel, "y": torch.tensor(s.y)}
         if self.shifts:
             rng = np.random.default_rng([self.seed, self.epoch, index, 1])  # apart from `sample`'s draws
@@ -370,6 +375,17 @@ class SyncNetDataset(_ClipDataset):
             starts = starts[np.abs(starts - s.start) >= self.min_shift]
             item["shifted_mel"] = torch.stack([self._mel(s.clip, int(k)) for k in rng.choice(starts, self.shifts)])
         return item
+
+
+def _vary(frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """One random flip, contrast gain and shift for a whole window [F, 3, H, W] in [-1, 1] (edges replicated)."""
+    if rng.random() < 0.5:
+        frames = frames.flip(-1)
+    frames = (frames * rng.uniform(0.75, 1.25)).clamp(-1, 1)
+    pad = max(1, frames.shape[-1] // 32)
+    dy, dx = (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
+    padded = F.pad(frames, (pad, pad, pad, pad), mode="replicate")
+    return padded[..., dy : dy + frames.shape[-2], dx : dx + frames.shape[-1]]
 
 
 class UNetDataset(_ClipDataset):

@@ -2,7 +2,10 @@
 
 `ddim` is upstream's sampler (20 steps by default). `dpm++` is DPM-Solver++ (Lu et al. 2022), 2nd-order
 multistep on the same trained schedule: a higher-order solver that stays close to DDIM's result at about
-half the steps (see bench/RESULTS.md for the measured quality at each step count).
+half the steps (see bench/RESULTS.md for the measured quality at each step count). `ddim-trailing` is DDIM on
+"trailing" timesteps (999, 499 for 2 steps): its first step starts at the noise level the trajectory really starts
+at, which 1-4 step sampling needs (upstream's "leading" grid would start 1 step at t = 1). The distilled students
+sample with it (`train/distill.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from latentsync.errors import ConfigError
 from latentsync.paths import CONFIG_DIR
 
 SCHEDULER_CONFIG_PATH = CONFIG_DIR / "scheduler_config.json"
-SAMPLERS = ("ddim", "dpm++")
+SAMPLERS = ("ddim", "dpm++", "ddim-trailing")
 
 
 def scheduler_config() -> dict:
@@ -28,6 +31,8 @@ def make_scheduler(sampler: str = "ddim") -> SchedulerMixin:
     previous model outputs, so a run calls `set_timesteps` again before each trajectory)."""
     if sampler == "ddim":
         return DDIMScheduler.from_config(scheduler_config())
+    if sampler == "ddim-trailing":
+        return DDIMScheduler.from_config({**scheduler_config(), "timestep_spacing": "trailing"})
     if sampler == "dpm++":
         config = {k: v for k, v in scheduler_config().items() if k not in ("clip_sample", "set_alpha_to_one")}
         # "trailing" spacing ends the trajectory at t = 999 .. near 0 evenly, which suits few steps.

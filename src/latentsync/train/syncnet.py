@@ -58,6 +58,7 @@ class SyncNetDataConfig:
     num_workers: int = 4
     samples_per_epoch: int = 100_000
     val_samples: int = 1024  # fixed by run.seed, the same set at every validation
+    augment: bool = False  # vary the training windows' frames: flip, contrast, shift (never the validation's)
 
 
 @dataclass
@@ -100,7 +101,8 @@ def _train(cfg: SyncNetTrainConfig, model_yaml: dict, env: loop.Distributed) -> 
 
     shifts = cfg.loss.negatives if cfg.loss.multiway > 0 else 0
     train_set = SyncNetDataset(data.root, data.filelist, data.resolution, data.num_frames,
-                               data.samples_per_epoch, seed=run.seed, shifts=shifts, min_shift=cfg.loss.min_shift)
+                               data.samples_per_epoch, seed=run.seed, shifts=shifts, min_shift=cfg.loss.min_shift,
+                               augment=data.augment)
     loader = loop.make_loader(train_set, data.batch_size, data.num_workers, env)
     val_loader = None
     if data.val_filelist and env.main:

@@ -56,6 +56,9 @@ METRICS = ("loss", "l1", "mse", "kl", "lpips", "latent_std", "grad_norm", "lr", 
 class VaeModelConfig:
     config: str = "small"  # VAE preset (small, sd-vae-ft-mse) or a folder with config.json, for a fresh VAE
     init_from: str | None = None  # a VAE folder or file to fine-tune instead (its own architecture; `config` unused)
+    # all, or decoder: the encoder (and quant_conv) frozen, so the latents stay exactly what they were and a U-Net
+    # trained on them stays valid while the decoder keeps improving (fine-tuning an init_from VAE)
+    train: str = "all"
 
 
 @dataclass
@@ -99,6 +102,10 @@ def train_vae(config_path: str | os.PathLike, overrides: Mapping[str, Any] | Non
         raise ConfigError(f"loss.lpips {cfg.loss.lpips} needs VGG16 weights: set loss.vgg_path, or loss.lpips=0")
     if not cfg.data.root:
         raise ConfigError("data.root is not set (the folder with filelist.txt); pass --set data.root=DIR")
+    if cfg.vae.train not in ("all", "decoder"):
+        raise ConfigError(f"vae.train must be all or decoder, got {cfg.vae.train!r}")
+    if cfg.vae.train == "decoder" and not cfg.vae.init_from:
+        raise ConfigError("vae.train=decoder fine-tunes a trained VAE's decoder: set vae.init_from to it")
     owns_group = not torch.distributed.is_initialized()
     env = loop.setup_distributed(cfg.run.device, cfg.run.seed)
     try:
@@ -208,11 +215,15 @@ def _train(cfg: VaeTrainConfig, env: loop.Distributed) -> Path:
         val_frames = torch.stack([val_set[i] for i in range(len(val_set))])
 
     vae = _make_vae(cfg.vae).to(env.device).train().requires_grad_(True)
+    if cfg.vae.train == "decoder":
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
     model: nn.Module = Autoencoder(vae)
     if env.world_size > 1:
         ids = [env.local_rank] if env.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
     stepper = loop.Stepper(model, optimizer, env.device, run.mixed_precision, run.grad_accum, run.grad_clip)
     lpips = None
     if cfg.loss.lpips > 0:

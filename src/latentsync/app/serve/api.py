@@ -164,7 +164,9 @@ def create_app(manager: JobManager) -> FastAPI:
         guidance: Annotated[float | None, Form(ge=1.0, le=MAX_GUIDANCE, description="guidance scale")] = None,
         seed: Annotated[int, Form(ge=0, le=2**63 - 1)] = 1247,
         face: Annotated[str, Form(max_length=32, description="largest, N (N-th face from the left) or x,y")] = "largest",
-        sampler: Annotated[Literal["ddim", "dpm++"], Form(description="ddim (upstream) or dpm++ (8-12 steps)")] = "ddim",
+        sampler: Annotated[Literal["ddim", "dpm++", "ddim-trailing"] | None,
+                           Form(description="ddim (upstream), dpm++ (8-12 steps), ddim-trailing (1-4 steps, "
+                                            "distilled students); default: the model's")] = None,
         cache_interval: Annotated[int, Form(ge=1, le=MAX_CACHE_INTERVAL,
                                             description="DeepCache: deep U-Net levels every N-th step")] = 1,
     ) -> JSONResponse:
