@@ -12,6 +12,8 @@ every output) and the StableSyncNet score difference. Compiled settings run twic
 
 `--model` is any `--model` value, or `random:PRESET` for a fresh random-weight folder (e.g. `random:stage2_512`
 for full-size 1.6, `random:stage2` for 1.5, `random:small`): random weights give true speed but no quality.
+`--student FOLDER` adds a row for a distilled student of `--model` (`latentsync train distill`'s OUTPUT/model) at
+its own settings, judged against its teacher's `ddim-20` output.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REFERENCE = "ddim-20"
+STUDENT = "student"
 # name -> (RunOptions fields, load settings); the reference comes first.
 SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     REFERENCE: ({"steps": 20}, {}),
@@ -48,6 +51,11 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "dpm++-6": ({"steps": 6, "sampler": "dpm++"}, {}),
     "dpm++-10-cache2": ({"steps": 10, "sampler": "dpm++", "cache_interval": 2}, {}),
     "dpm++-8-cache2-batch4": ({"steps": 8, "sampler": "dpm++", "cache_interval": 2, "batch": 4}, {}),
+    # A distilled student's sampling (its cost on any model; on the teacher itself, the quality without distilling)
+    "student-4": ({"steps": 4, "sampler": "ddim-trailing", "guidance": 1.0}, {}),
+    "student-2": ({"steps": 2, "sampler": "ddim-trailing", "guidance": 1.0}, {}),
+    "student-1": ({"steps": 1, "sampler": "ddim-trailing", "guidance": 1.0}, {}),
+    STUDENT: ({}, {}),  # --student FOLDER at its model.yaml's settings
 }
 GPU_ONLY = {"ddim-20-fp16", "ddim-20-cudagraphs"}
 CPU_STAGES = ("decode", "face", "paste", "encode")
@@ -120,6 +128,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--syncnet", default="demo", help="StableSyncNet for the score difference, or none")
+    parser.add_argument("--student", help="a distilled student's model folder: one more row, at its own settings")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     for hidden in ("video", "audio", "out"):
@@ -136,7 +145,11 @@ def main() -> None:
     from latentsync.models.modeldir import ModelDir
 
     gpu = torch.cuda.is_available() and args.device != "cpu"
-    names = args.settings.split(",") if args.settings else [n for n in SETTINGS if gpu or n not in GPU_ONLY]
+    names = args.settings.split(",") if args.settings else [n for n in SETTINGS
+                                                              if (gpu or n not in GPU_ONLY) and n != STUDENT]
+    names += [STUDENT] if args.student and STUDENT not in names else []
+    if STUDENT in names and not args.student:
+        parser.error("the student setting needs --student FOLDER")
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         parser.error(f"unknown settings {unknown}; known: {', '.join(SETTINGS)}")
@@ -152,7 +165,8 @@ def main() -> None:
         results, outputs = {}, {}
         for name in names:
             outputs[name], report = folder / f"{name}.mp4", folder / f"{name}.json"
-            cmd = [sys.executable, __file__, "--child", name, "--model", model, "--device", args.device,
+            cmd = [sys.executable, __file__, "--child", name, "--model", args.student if name == STUDENT else model,
+                   "--device", args.device,
                    "--dtype", args.dtype, "--video", str(video), "--audio", str(audio), "--out", str(outputs[name]),
                    "--json", str(report)]
             print(f"running {name} ...", file=sys.stderr, flush=True)

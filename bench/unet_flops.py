@@ -6,7 +6,9 @@ Counts one guided U-Net call on 2 x 16 frames (classifier-free guidance doubles 
 `torch.utils.flop_counter`, splits it by resolution level, and derives per output frame: the U-Net FLOPs of each
 sampler/DeepCache setting, the VAE's (2 encodes + 1 decode), and the compute-bound frame rate on a GPU of a given
 dense bf16/fp16 throughput (989 TFLOP/s: H100 SXM). A measured speed can only be below that ceiling; this tells
-how far a setting can go before kernels matter.
+how far a setting can go before kernels matter. The distilled students (`latentsync train distill`) take 1-4
+unguided calls on 16 frames, half a guided call each; their ratio to upstream's 20 guided steps is the U-Net
+work they save on any hardware.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ def main() -> None:
     for i, f in enumerate(levels):
         print(f"| {i} | {100 * f / call:.1f}% |")
     print(f"| mid block + rest | {100 * rest / call:.1f}% |\n")
-    print(f"| setting | U-Net TFLOP/frame | + VAE | compute-bound frames/s at {args.tflops:g} TFLOP/s |\n|---|---:|---:|---:|")
+    print(f"| setting | U-Net TFLOP/frame | vs 20 steps | + VAE | compute-bound frames/s at {args.tflops:g} TFLOP/s |"
+          "\n|---|---:|---:|---:|---:|")
+    default = 20 * call / FRAMES
     for steps, interval, depth in ((20, 1, 1), (20, 2, 1), (20, 3, 1), (20, 3, 2), (10, 1, 1), (8, 1, 1), (8, 2, 1),
                                    (6, 1, 1)):
         full = -(-steps // interval)
@@ -83,7 +87,13 @@ def main() -> None:
         unet = (full * call + (steps - full) * partial) / FRAMES
         total = unet + vae
         name = f"{steps} steps" + (f", cache interval {interval} depth {depth}" if interval > 1 else "")
-        print(f"| {name} | {unet / 1e12:.2f} | {total / 1e12:.2f} | {args.tflops * 1e12 / total:.1f} |")
+        print(f"| {name} | {unet / 1e12:.2f} | {unet / default:.3f} | {total / 1e12:.2f} | "
+              f"{args.tflops * 1e12 / total:.1f} |")
+    for steps in (4, 2, 1):  # a student: one unguided call (half the doubled batch) per step
+        unet = steps * call / 2 / FRAMES
+        total = unet + vae
+        print(f"| student, {steps} step{'s' * (steps > 1)}, no guidance | {unet / 1e12:.2f} | {unet / default:.3f} "
+              f"| {total / 1e12:.2f} | {args.tflops * 1e12 / total:.1f} |")
 
 
 if __name__ == "__main__":

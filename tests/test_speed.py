@@ -216,3 +216,19 @@ def test_a_models_own_sampler_is_used_and_a_bad_one_refused(pipeline, media, tmp
     with pytest.raises(ConfigError, match="inference.sampler must be one of"):
         pipeline.run(media["video"], media["audio"], tmp_path / "bad.mp4", RunOptions())
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_the_gpu_bench_runs_dry_on_a_cpu(tmp_path):
+    """`bench/gpu.sh --dry` (tiny shapes, CPU) exercises the GPU bench end to end, so the one GPU call a task may
+    get is not spent on a broken script: a teacher row, then the 4-, 2- and 1-step students (timings are the
+    bench's business, not this test's)."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "gpu_unet.py"
+    out = tmp_path / "gpu.md"
+    subprocess.run([sys.executable, str(bench), "--dry", "--out", str(out)], check=True, capture_output=True)
+    rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| `")]
+    assert [r[4].strip() for r in rows] == ["2 steps, guidance", "student, 4 steps", "student, 2 steps",
+                                            "student, 1 step"]
+    assert all(float(r[5]) > 0 for r in rows) and rows[0][7].strip() == "1.0x"

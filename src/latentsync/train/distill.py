@@ -201,7 +201,8 @@ def _validate(models: Models, unet: nn.Module, targets: list[dict[str, torch.Ten
         target = {k: v.to(device) for k, v in target.items()}
         result = sample(unet, how, target, latent_mask)
         mse += F.mse_loss(result, target["x0"]).item()
-        images = [((decode(models.vae, x[0].transpose(0, 1)).float().clamp(-1, 1) + 1) / 2) for x in (result, target["x0"])]
+        images = [(decode(models.vae, x[0].transpose(0, 1)).float().clamp(-1, 1) + 1) / 2
+                  for x in (result, target["x0"])]
         err = ((images[0] - images[1]) ** 2)[..., region].mean().item()
         psnr += 10 * math.log10(1.0 / max(err, 1e-10))
     unet.train(was_training)
