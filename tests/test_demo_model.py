@@ -38,7 +38,7 @@ def syncnet(demo: ModelDir) -> StableSyncNet:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("held-out")
-    synthesize(out, 3, seconds=(5, 5), seed=7)
+    synthesize(out, 3, seconds=(3.5, 3.5), seed=7)
     return out
 
 

@@ -19,16 +19,18 @@ RUNS=$WORK/real-train
 # The U-Net's list: the real training clips, then the synthetic ones (relative to $DATA, as filelists are).
 { cat "$DATA/train.txt"; sed 's|^|../real-synth/aligned/|' "$SYNTH/aligned/filelist.txt"; } > "$DATA/train_mix.txt"
 
-# The VAE and the SyncNet see only real training people, one core each; validation is on the held-out people.
+# The VAE sees only real training people; validation is on the held-out people. Its encoder is then frozen as the
+# U-Net's (vae-unet): from there on the latents never change, and only the decoder goes on training.
 OMP_NUM_THREADS=1 "$LS" train vae vae_small --set vae.config=small-f4 --set data.root="$DATA" \
-  --set data.filelist=train.txt --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.max_steps=6000 \
-  --set optimizer.schedule=cosine --set run.output_dir="$RUNS/vae" &
-VAE_JOB=$!
-OMP_NUM_THREADS=1 "$LS" train syncnet syncnet_real --set data.root="$DATA" --set data.filelist=train.txt \
-  --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.output_dir="$RUNS/syncnet-temporal" &
-SYNCNET_JOB=$!
-wait "$VAE_JOB"
-wait "$SYNCNET_JOB"
+  --set data.filelist=train.txt --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.max_steps=4500 \
+  --set optimizer.schedule=cosine --set run.output_dir="$RUNS/vae-f4-narrow"
+[ -d "$RUNS/vae-unet" ] || cp -r "$RUNS/vae-f4-narrow/vae" "$RUNS/vae-unet"
 
-OMP_NUM_THREADS=2 "$LS" train unet unet_real --set data.root="$DATA" --set data.filelist=train_mix.txt \
-  --set data.val_filelist=held_out.txt --set vae="$RUNS/vae/vae" --set run.output_dir="$RUNS/unet"
+# The SyncNet (real training people only) and the U-Net (real + synthetic), one core each.
+OMP_NUM_THREADS=1 "$LS" train syncnet syncnet_real --set data.root="$DATA" --set data.filelist=train.txt \
+  --set data.val_filelist="$PWD/$DATA/held_out.txt" \
+  --set run.output_dir="$RUNS/syncnet-aug" &
+SYNCNET_JOB=$!
+OMP_NUM_THREADS=1 "$LS" train unet unet_real --set data.root="$DATA" --set data.filelist=train_mix.txt \
+  --set data.val_filelist=held_out.txt --set vae="$RUNS/vae-unet" --set run.output_dir="$RUNS/unet"
+wait "$SYNCNET_JOB"

@@ -41,6 +41,7 @@ from latentsync.face.mask import load_mask
 from latentsync.models.modeldir import ModelDir, ModelSpec, Models, place_file
 from latentsync.models.scheduler import make_scheduler
 from latentsync.models.vae import decode, vae_factor
+from latentsync.paths import MASK_PATH
 from latentsync.pipeline.guidance import unet_input
 from latentsync.pipeline.progress import progress_bar
 from latentsync.train import loop
@@ -219,7 +220,7 @@ def publish_student(model_dir: Path, teacher: ModelSpec, weights: Path, steps: i
             return model_dir / path.name
 
     for src in teacher.required_files():
-        if src == teacher.unet_weights or src == teacher.mask and not _inside(src, teacher.root):
+        if src in (teacher.unet_weights, MASK_PATH):  # the student's own weights; the packaged mask stays shared
             continue
         for file in sorted(src.rglob("*")) if src.is_dir() else [src]:
             if file.is_file():
@@ -234,13 +235,9 @@ def publish_student(model_dir: Path, teacher: ModelSpec, weights: Path, steps: i
         whisper=teacher.whisper if isinstance(teacher.whisper, str) else moved(teacher.whisper),
         syncnet_config=None if teacher.syncnet_config is None else moved(teacher.syncnet_config),
         syncnet_weights=None if teacher.syncnet_weights is None else moved(teacher.syncnet_weights),
-        mask=teacher.mask if not _inside(teacher.mask, teacher.root) else moved(teacher.mask),
+        mask=teacher.mask if teacher.mask == MASK_PATH else moved(teacher.mask),
         inference={**teacher.inference, "sampler": STUDENT_SAMPLER, "steps": steps, "guidance_scale": 1.0},
     )
     place_file(weights, student.unet_weights)
     student.write()
     return student
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root.resolve())
