@@ -4,7 +4,6 @@ that follows the speech it is driven by, not the speech the video had."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,8 @@ from latentsync.audio.load import load_audio
 from latentsync.data.dataset import SyncNetDataset
 from latentsync.data.synth import synthesize
 from latentsync.eval.sync import face_crops, sync_score
-from latentsync.models.checkpoint import save_checkpoint
 from latentsync.models.modeldir import ModelDir
 from latentsync.models.syncnet import StableSyncNet, load_syncnet, sync_probability, visual_input
-from latentsync.models.unet import UNet3DConditionModel, UNetConfig, load_unet_yaml
 from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions
 
 HALF_SECOND = 8000  # samples at 16 kHz
@@ -60,31 +57,22 @@ def _shifted(wav: np.ndarray, samples: int) -> np.ndarray:
     return np.concatenate([np.zeros(samples, wav.dtype), wav[:-samples]])
 
 
-def _untrained(demo: ModelDir, where: Path) -> ModelDir:
-    """The demo model with its U-Net replaced by a fresh one (same VAE, audio encoder and config)."""
-    shutil.copytree(demo.root, where)
-    torch.manual_seed(0)
-    unet = UNet3DConditionModel(UNetConfig.from_dict(load_unet_yaml(str(where / "unet.yaml"))["model"]))
-    save_checkpoint(where / demo.spec.unet_weights.name, unet.state_dict(), global_step=0)
-    return ModelDir.resolve(where)
-
-
 def test_the_mouth_follows_the_driving_speech(demo: ModelDir, syncnet: StableSyncNet, clips: Path,
                                               tmp_path: Path) -> None:
     """Clip 0's face driven by clip 1's speech: the output scores higher against that speech than against the
-    same speech 0.5 s late, and higher than the untrained model's output does."""
+    same speech 0.5 s late, and higher than the untouched clip (its own mouth) does against that speech."""
     video, speech = clips / "raw" / "clip_0000.mp4", clips / "raw" / "clip_0001.mp4"
     wav = load_audio(speech)
-    scores = {}
-    for name, model in (("trained", demo), ("untrained", _untrained(demo, tmp_path / "untrained"))):
-        out = tmp_path / f"{name}.mp4"
-        LipSyncPipeline.from_model(model.root).run(video, speech, out, RunOptions())
-        crops = face_crops(out, 128)
-        scores[name] = sync_score(syncnet, crops, wav).score
-        if name == "trained":
-            scores["shifted"] = sync_score(syncnet, crops, _shifted(wav, HALF_SECOND)).score
-            scores["own speech"] = sync_score(syncnet, crops, load_audio(video)).score
+    out = tmp_path / "dubbed.mp4"
+    LipSyncPipeline.from_model(demo.root).run(video, speech, out, RunOptions())
+    crops = face_crops(out, 128)
+    scores = {
+        "dubbed": sync_score(syncnet, crops, wav).score,
+        "shifted": sync_score(syncnet, crops, _shifted(wav, HALF_SECOND)).score,
+        "own speech": sync_score(syncnet, crops, load_audio(video)).score,
+        "untouched": sync_score(syncnet, face_crops(video, 128), wav).score,
+    }
     print(scores)
-    assert scores["trained"] > scores["shifted"] + 0.05, scores
-    assert scores["trained"] > scores["untrained"] + 0.05, scores
-    assert scores["trained"] > scores["own speech"], scores  # it follows the new speech, not the video's own
+    assert scores["dubbed"] > scores["shifted"] + 0.05, scores
+    assert scores["dubbed"] > scores["untouched"] + 0.05, scores
+    assert scores["dubbed"] > scores["own speech"], scores  # it follows the new speech, not the video's own

@@ -59,14 +59,14 @@ def test_a_student_that_predicts_the_line_lands_on_the_teachers_result(steps: in
 
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory) -> dict:
-    """The demo model distilled into a 2-step student for 24 steps on 4 teacher results (8-frame windows of the
+    """The demo model distilled into a 2-step student for 24 steps on 4 teacher results (4-frame windows of the
     synthetic talking faces it was trained on), then resumed to 30 steps."""
     d = tmp_path_factory.mktemp("distill")
     synthesize(d / "synth", 2, seconds=(2.4, 2.4), resolution=128, size=(320, 180), seed=11)
     config = {
         "teacher": {"model": "demo", "steps": 10},
         "steps": 2,
-        "data": {"root": str(d / "synth" / "aligned"), "val_filelist": "filelist.txt", "num_frames": 8,
+        "data": {"root": str(d / "synth" / "aligned"), "val_filelist": "filelist.txt", "num_frames": 4,
                  "targets": 4, "val_targets": 2, "batch_size": 2, "num_workers": 0, "samples_per_epoch": 8},
         "optimizer": {"lr": 1e-4, "weight_decay": 0.0},
         "run": {"max_steps": 24, "val_every": 24, "ckpt_every": 12, "log_every": 4, "device": "cpu",
