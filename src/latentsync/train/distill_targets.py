@@ -25,11 +25,10 @@ from torch.utils.data import Dataset
 
 from latentsync.models.scheduler import make_scheduler
 from latentsync.models.vae import encode
+from latentsync.pipeline.denoise import LATENT_CHANNELS
 from latentsync.pipeline.guidance import predict_noise
 from latentsync.pipeline.progress import progress_bar
 
-LATENT_CHANNELS = 4
-KEYS = ("masked", "ref", "audio", "noise", "x0")
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,8 @@ class TargetMaker:
 
 class TargetSet(Dataset):
     """Stored targets drawn at random, `samples_per_epoch` per epoch, seeded by (seed, epoch, index) as the clip
-    datasets are: a resumed run draws what an uninterrupted one would have. Items are dicts of `KEYS`, float32."""
+    datasets are: a resumed run draws what an uninterrupted one would have. Items are the stored dicts (masked, ref,
+    audio, noise, x0), float32."""
 
     def __init__(self, folder: str | os.PathLike, count: int, samples_per_epoch: int, seed: int) -> None:
         self.paths = [Path(folder) / f"{i:06d}.safetensors" for i in range(count)]
