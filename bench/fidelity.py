@@ -27,7 +27,7 @@ from media.speech import write_audio  # noqa: E402
 from media.fidelity import by_frame, identity_run, stream_tags, untouched_stats, write_coded_clip  # noqa: E402
 
 from latentsync.models.create import create_model_dir  # noqa: E402
-from latentsync.pipeline.lipsync import LipSyncPipeline, RunOptions  # noqa: E402
+from latentsync.pipeline.lipsync import LipSyncPipeline  # noqa: E402
 from latentsync.video.colour import RANGE_FULL, RANGE_LIMITED, RANGE_UNSPECIFIED, UNSPECIFIED, Colour  # noqa: E402
 
 CASES = {

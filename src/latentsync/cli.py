@@ -108,10 +108,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(models=args.model or ["1.6"], workers=args.workers, queue_size=args.queue_size,
                          max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
-                         allowed_dirs=args.allow_path, result_ttl=args.result_ttl, device=args.device, dtype=args.dtype)
+                         allowed_dirs=args.allow_path, result_ttl=args.result_ttl, device=args.device, dtype=args.dtype,
+                         live_avatars=args.live_avatar, live_sessions=args.live_sessions)
     if args.root is not None:
         config.root = args.root
-    for name, value in [("--workers", config.workers), ("--queue-size", config.queue_size)]:
+    for name, value in [("--workers", config.workers), ("--queue-size", config.queue_size),
+                        ("--live-sessions", config.live_sessions)]:
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
     serve(config, host=args.host, port=args.port)
@@ -345,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let jobs name server files under DIR by path (repeatable; default: uploads only)")
     serve.add_argument("--root", type=Path, help="job folder (default: $LATENTSYNC_HOME/service)")
     serve.add_argument("--result-ttl", type=float, default=86400.0, help="seconds a finished job is kept (default 1 day)")
+    serve.add_argument("--live-avatar", type=Path, action="append", default=[], metavar="VIDEO",
+                       help="turn on live lip-sync (page at /live) with this face: a short video or an image, "
+                            "animated by the first --model (repeatable)")
+    serve.add_argument("--live-sessions", type=int, default=2, help="live sessions at once; more are refused (default 2)")
     serve.set_defaults(handler=_serve)
 
     ev = sub.add_parser("eval", help="lip-sync and image quality of output videos (LSE-C/D, sync score, PSNR/SSIM, FID/FVD)")

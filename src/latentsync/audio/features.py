@@ -110,25 +110,32 @@ def audio_features(
 
 
 def frame_windows(
-    features: torch.Tensor, num_frames: int | None = None, frames: torch.Tensor | None = None
+    features: torch.Tensor, num_frames: int | None = None, frames: torch.Tensor | None = None,
+    first_step: int = 0, total_steps: int | None = None,
 ) -> torch.Tensor:
     """[T, L, D] features -> [N, 10 * L, D] audio tokens per 25 fps video frame (N = T // 2 + 2 by default).
 
     Frame i takes steps t = 2i-4 .. 2i+5 clamped to [0, T-1]; row r = L * (t - (2i-4)) + layer (time-major),
     as upstream's feature2chunks. The default N reproduces upstream's off-by-two count (its loop runs until
     2i exceeds T), which also decides how many video frames upstream generates. `frames` (an index tensor)
-    gathers only those frames' windows, so a streaming caller never holds every window of a long clip.
+    gathers only those frames' windows, so a streaming caller never holds every window of a long clip; such a
+    caller may also pass only a stretch of the clip's features, steps `first_step` onwards of `total_steps`.
     Pure index gathering.
     """
     if features.dim() != 3 or features.shape[0] == 0:
         raise ValueError(f"features must be a non-empty [T, L, D] tensor, got {list(features.shape)}")
     n_steps, n_layers, dim = features.shape
+    total = first_step + n_steps if total_steps is None else total_steps
     if frames is None:
-        n = n_steps // STEPS_PER_VIDEO_FRAME + 2 if num_frames is None else int(num_frames)
+        n = total // STEPS_PER_VIDEO_FRAME + 2 if num_frames is None else int(num_frames)
         frames = torch.arange(n, device=features.device)
     before, after = CONTEXT_STEPS
     offset = torch.arange(-before, after + 1, device=features.device)[None, :]
-    steps = (STEPS_PER_VIDEO_FRAME * frames.to(features.device)[:, None] + offset).clamp_(0, n_steps - 1)  # [N, 10]
+    steps = (STEPS_PER_VIDEO_FRAME * frames.to(features.device)[:, None] + offset).clamp_(0, total - 1)  # [N, 10]
+    steps -= first_step
+    if steps.numel() and (steps.min() < 0 or steps.max() >= n_steps):
+        raise ValueError(f"frames need steps {int(steps.min()) + first_step}..{int(steps.max()) + first_step}, "
+                         f"features hold {first_step}..{first_step + n_steps - 1}")
     return features[steps].reshape(len(frames), offset.shape[1] * n_layers, dim)
 
 

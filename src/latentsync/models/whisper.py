@@ -207,17 +207,30 @@ def log_mel_spectrogram(audio: np.ndarray | torch.Tensor, n_mels: int = N_MELS) 
     mel bank, log10 clamped at 1e-10, floored at (global max - 8), then (x + 4) / 4. The floor uses the max
     over the whole input, so compute this once for a whole clip before cutting it into windows.
     """
+    log_spec = log_mel_power(audio, n_mels)
+    return normalise_log_mel(log_spec, float(log_spec.max()) if log_spec.numel() else 0.0)
+
+
+def log_mel_power(audio: np.ndarray | torch.Tensor, n_mels: int = N_MELS) -> torch.Tensor:
+    """The first half of `log_mel_spectrogram`: log10 mel power [n_mels, n // 160], before the floor and scaling.
+
+    Frame j is centred on sample 160 j and sees samples 160 j - 200 .. 160 j + 200 (reflected at the ends), so a
+    streaming caller can compute it on a stretch of audio and get the whole clip's frames wherever both lie
+    inside that stretch.
+    """
     x = torch.as_tensor(audio, dtype=torch.float32)
     if x.dim() != 1:
         raise ValueError(f"audio must be 1-D mono samples, got shape {list(x.shape)}")
+    n_frames = int(x.shape[-1]) // HOP_LENGTH
     if x.numel() < N_FFT // 2 + 1:
         x = F.pad(x, (0, N_FFT // 2 + 1 - x.numel()))  # reflect padding needs more than n_fft/2 samples
     window = torch.hann_window(N_FFT, device=x.device)
     stft = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect", return_complex=True)
     power = stft[..., :-1].abs() ** 2
     mel = _mel_filters(n_mels).to(x.device) @ power
-    log_spec = mel.clamp(min=1e-10).log10()
-    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
-    out = (log_spec + 4.0) / 4.0
-    n_frames = int(torch.as_tensor(audio).shape[-1]) // HOP_LENGTH
-    return out[:, :n_frames]
+    return mel.clamp(min=1e-10).log10()[:, :n_frames]
+
+
+def normalise_log_mel(log_spec: torch.Tensor, log_max: float) -> torch.Tensor:
+    """The second half: floor at `log_max` - 8 (the max over the whole clip), then (x + 4) / 4."""
+    return (torch.clamp(log_spec, min=log_max - 8.0) + 4.0) / 4.0

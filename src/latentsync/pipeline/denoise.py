@@ -54,8 +54,13 @@ class DenoiseSettings:
 class ChunkDenoiser:
     """Holds what is shared by every chunk of a run: scheduler, mask tensors, initial noise, generator."""
 
-    def __init__(self, models: Models, mask: np.ndarray, settings: DenoiseSettings) -> None:
+    def __init__(self, models: Models, mask: np.ndarray, settings: DenoiseSettings,
+                 moments: OrderedDict[bytes, tuple[torch.Tensor, ...]] | None = None, keep: int = MOMENTS_KEPT) -> None:
+        """`moments` may be shared between denoisers of the same model and mask whose crops repeat (a live avatar's
+        sessions), with `keep` at least the number of distinct crops, so that none is dropped while another reads
+        it."""
         self.models = models
+        self.keep = keep
         self.settings = settings
         self.device, self.dtype = models.device, models.dtype
         size = models.resolution // vae_factor(models.vae)
@@ -67,7 +72,7 @@ class ChunkDenoiser:
         self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
         noise = torch.randn(1, LATENT_CHANNELS, 1, size, size, generator=self.generator)
         self.initial_noise = (noise * self.scheduler.init_noise_sigma).to(self.device, self.dtype)
-        self.moments: OrderedDict[bytes, tuple[torch.Tensor, ...]] = OrderedDict()  # crop digest -> VAE moments
+        self.moments = OrderedDict() if moments is None else moments  # crop digest -> VAE moments
 
     @torch.no_grad()
     def batch(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
@@ -130,7 +135,7 @@ class ChunkDenoiser:
             moments = (*latent_moments(self.models.vae, fresh * self.pixel_mask), *latent_moments(self.models.vae, fresh))
             for j, i in enumerate(new):
                 self.moments[keys[i]] = tuple(m[j].clone() for m in moments)  # not views that pin the batch
-        while len(self.moments) > MOMENTS_KEPT:  # the oldest are never this chunk's
+        while len(self.moments) > self.keep:  # the oldest are never this chunk's
             self.moments.popitem(last=False)
         stacked = [torch.stack([self.moments[k][n] for k in keys]) for n in range(4)]
         return self._sample(*stacked[:2]), self._sample(*stacked[2:])

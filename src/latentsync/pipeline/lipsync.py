@@ -27,8 +27,7 @@ import torch
 from latentsync.audio.features import audio_features, frame_windows
 from latentsync.audio.load import load_audio, read_audio
 from latentsync.errors import ConfigError, NoFaceError
-from latentsync.face.align import Aligner
-from latentsync.face.blend import PASTE_MODES, colour_match, paste_weight
+from latentsync.face.blend import PASTE_MODES
 from latentsync.face.mask import load_mask
 from latentsync.face.track import FaceSelector, FaceStats, FaceTracker, parse_face_selector
 from latentsync.models.modeldir import ModelDir, Models
@@ -36,6 +35,7 @@ from latentsync.models.optimize import optimize_models
 from latentsync.models.scheduler import SAMPLERS
 from latentsync.models.whisper import SAMPLE_RATE
 from latentsync.pipeline.denoise import ChunkDenoiser, DenoiseSettings
+from latentsync.pipeline.faces import FaceFrame, Paster, aligned_frames
 from latentsync.pipeline.report import Progress, RunReport, StageClock, peak_rss_mb, peak_vram_mb
 from latentsync.pipeline.runtime import resolve_device, resolve_dtype
 from latentsync.pipeline.stages import Sink, prefetch
@@ -86,20 +86,11 @@ class RunOptions:
 
 
 @dataclass
-class _Frame:
-    index: int
-    image: np.ndarray
-    affine: np.ndarray | None = None
-    crop: np.ndarray | None = None  # the aligned source crop
-    generated: np.ndarray | None = None  # the denoiser's crop for it
-
-
-@dataclass
 class _Chunk:
-    frames: list[_Frame] = field(default_factory=list)
+    frames: list[FaceFrame] = field(default_factory=list)
 
     @property
-    def faces(self) -> list[_Frame]:
+    def faces(self) -> list[FaceFrame]:
         return [f for f in self.frames if f.crop is not None]
 
 
@@ -154,27 +145,11 @@ class LipSyncPipeline:
             wav = decoded.samples
             features = audio_features(wav, self.models.audio_encoder, dtype=self.models.dtype)
         total = math.ceil(len(wav) / SAMPLES_PER_FRAME)  # the frames the audio needs: no rounding to chunks
-        defaults = self.models.spec.inference
-        settings = DenoiseSettings(
-            steps=options.steps or int(defaults.get("steps", 20)),
-            guidance=options.guidance or float(defaults.get("guidance_scale", 1.5)),
-            seed=options.seed,
-            sampler=_model_sampler(options.sampler or str(defaults.get("sampler", "ddim")), self.models.spec.root),
-            cache_interval=options.cache_interval,
-            cache_depth=options.cache_depth,
-        )
-        levels = len(self.models.unet.config.block_out_channels)
-        if options.cache_depth > levels:
-            raise ConfigError(f"--cache-depth must be at most {levels} (this U-Net's levels), got {options.cache_depth}")
+        settings, paste_mode = denoise_settings(self.models, options)
         denoiser = ChunkDenoiser(self.models, self.mask, settings)
-        paste_mode = options.paste or str(defaults.get("paste", "upstream"))
-        if paste_mode not in PASTE_MODES:
-            raise ConfigError(f"{self.models.spec.root}: inference.paste must be one of {', '.join(PASTE_MODES)}, "
-                              f"got {paste_mode!r}")
-        weight = paste_weight(self.mask) if paste_mode == "seamless" else None
-        sampling = settings.describe() + (", seamless paste" if weight is not None else "")
+        put_back = Paster(self.models.resolution, self.mask, paste_mode)
+        sampling = settings.describe() + (", seamless paste" if paste_mode == "seamless" else "")
         report = RunReport(output=out, sampling=sampling, audio_damage=decoded.describe_damage())
-        aligner_out = Aligner(self.models.resolution)
 
         def encode(chunk: _Chunk) -> None:
             with clock("encode"):
@@ -187,10 +162,8 @@ class LipSyncPipeline:
 
         def paste(chunk: _Chunk) -> None:
             with clock("paste"):
-                for f in chunk.faces:
-                    # The colour match runs here, in the paste thread, not in the caller's, which drives the model.
-                    crop = f.generated if weight is None else colour_match(f.crop, f.generated, weight)
-                    f.image = aligner_out.restore(f.image, crop, f.affine, weight)
+                for f in chunk.faces:  # here, in the paste thread, not in the caller's, which drives the model
+                    put_back(f)
             encoder.put(chunk)
 
         pending: list[_Chunk] = []
@@ -256,34 +229,14 @@ class LipSyncPipeline:
         self, frames: Iterable[tuple[int, np.ndarray]], selector: FaceSelector, clock: StageClock, chunk_faces: int,
         seen: FaceStats, still: bool = False,
     ) -> Iterator[_Chunk]:
-        """Track and crop the speaker's face in every frame; cut chunks of `chunk_faces` face frames.
-
-        A still image is fitted once: every frame then has the very same crop, so the landmarks run once and the
-        VAE encodes the crop once (`ChunkDenoiser` reuses identical crops), where per-frame tracking would jitter.
-        """
-        aligner = Aligner(self.models.resolution)
+        """Track and crop the speaker's face in every frame (`faces.aligned_frames`); cut chunks of `chunk_faces`
+        face frames, face-less frames riding along."""
         chunk = _Chunk()
-        track_id = None
-        fitted: tuple[np.ndarray | None, np.ndarray | None] | None = None
-        with FaceTracker(selector) as tracker:
-            tracker.stats = seen  # filled as frames go by, read by `run` to explain a video without the speaker
-            for index, (_, image) in enumerate(frames):
-                with clock("face"):
-                    item = _Frame(index, image)
-                    face = tracker(image) if fitted is None else None
-                    if face is not None:
-                        if tracker.track_id != track_id:  # a new track: no smoothing across the break
-                            aligner.reset()
-                            track_id = tracker.track_id
-                        item.affine = aligner.fit(face.points3)
-                        item.crop = aligner.warp(image, item.affine)
-                    if still:
-                        fitted = fitted or (item.affine, item.crop)
-                        item.affine, item.crop = fitted
-                chunk.frames.append(item)
-                if item.crop is not None and len(chunk.faces) == chunk_faces:
-                    yield chunk
-                    chunk = _Chunk()
+        for item in aligned_frames(frames, selector, self.models.resolution, clock, seen, still):
+            chunk.frames.append(item)
+            if item.crop is not None and len(chunk.faces) == chunk_faces:
+                yield chunk
+                chunk = _Chunk()
         if chunk.frames:
             yield chunk
 
@@ -312,6 +265,28 @@ def lipsync(
 ) -> RunReport:
     """One-call API: load `model`, lip-sync once. Reuse a `LipSyncPipeline` to run many times."""
     return LipSyncPipeline.from_model(model, device, dtype).run(video, audio, out, RunOptions(**options), progress)
+
+
+def denoise_settings(models: Models, options: RunOptions) -> tuple[DenoiseSettings, str]:
+    """The run's denoising settings and paste mode: `options`, else the model's `model.yaml` (`inference:`), else
+    upstream's. Refused in one line when a setting does not fit the model."""
+    defaults = models.spec.inference
+    settings = DenoiseSettings(
+        steps=options.steps or int(defaults.get("steps", 20)),
+        guidance=options.guidance or float(defaults.get("guidance_scale", 1.5)),
+        seed=options.seed,
+        sampler=_model_sampler(options.sampler or str(defaults.get("sampler", "ddim")), models.spec.root),
+        cache_interval=options.cache_interval,
+        cache_depth=options.cache_depth,
+    )
+    levels = len(models.unet.config.block_out_channels)
+    if options.cache_depth > levels:
+        raise ConfigError(f"--cache-depth must be at most {levels} (this U-Net's levels), got {options.cache_depth}")
+    paste_mode = options.paste or str(defaults.get("paste", "upstream"))
+    if paste_mode not in PASTE_MODES:
+        raise ConfigError(f"{models.spec.root}: inference.paste must be one of {', '.join(PASTE_MODES)}, "
+                          f"got {paste_mode!r}")
+    return settings, paste_mode
 
 
 def _model_sampler(sampler: str, root: object) -> str:

@@ -7,6 +7,7 @@
     GET    /jobs/{id}/result   the lip-synced MP4 once the job is done (409 before)
     DELETE /jobs/{id}          cancel a queued or running job; delete a finished one and its result
     GET    /health             loaded models and job counts
+    GET    /live, WS /live/ws  live lip-sync (with --live-avatar): the page and its WebSocket, see `live.py`
 
 Every error is JSON `{"detail": "<one line>"}`: 400 malformed multipart body, 403 path outside the allowed
 folders, 404 unknown or expired job, 409 no result (yet), 413 upload over the size limit, 422 bad options or
@@ -29,6 +30,7 @@ from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from latentsync.app.serve.jobs import DONE, Job, is_job_id, new_job_id, upload_name
+from latentsync.app.serve.live import LiveHub, add_live_routes
 from latentsync.app.serve.service import JobManager, QueueFullError, ServeConfig
 from latentsync.audio.load import load_audio
 from latentsync.errors import LatentSyncError
@@ -126,8 +128,9 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(manager: JobManager) -> FastAPI:
-    """The FastAPI app over a JobManager. Its lifespan starts the manager (if not started) and stops it."""
+def create_app(manager: JobManager, live: LiveHub | None = None) -> FastAPI:
+    """The FastAPI app over a JobManager (and the live sessions of `live`, when given). Its lifespan starts the
+    manager (if not started) and stops it."""
     config = manager.config
 
     @asynccontextmanager
@@ -257,6 +260,8 @@ def create_app(manager: JobManager) -> FastAPI:
             raise HTTPException(404, f"no job {job_id!r} (unknown, deleted or expired)")
         return status
 
+    add_live_routes(app, live)
+
     @app.get("/health", response_model=Health)
     def health() -> Health:
         return Health(models=config.models, workers=config.workers, queue_size=config.queue_size, jobs=manager.counts())
@@ -288,4 +293,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> Non
 
     manager = JobManager(config)
     manager.start()
-    uvicorn.run(create_app(manager), host=host, port=port, log_level="info")
+    live = None
+    if config.live_avatars:  # prepared now: a bad avatar fails here, before the port opens
+        live = LiveHub(manager.pipelines.get(config.models[0]), config.live_avatars, config.live_sessions)
+    uvicorn.run(create_app(manager, live), host=host, port=port, log_level="info")

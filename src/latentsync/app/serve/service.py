@@ -45,6 +45,8 @@ class ServeConfig:
     fetched_ttl: float = 600.0
     device: str = "auto"
     dtype: str = "auto"
+    live_avatars: list[Path] = field(default_factory=list)  # live mode (app/serve/live.py) is on when not empty
+    live_sessions: int = 2
 
 
 class QueueFullError(Exception):
