@@ -120,6 +120,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from latentsync.doctor import doctor
+
+    return doctor()
+
+
 def _eval(args: argparse.Namespace) -> int:
     from latentsync.eval.evaluate import EvalSettings, evaluate
     from latentsync.eval.report import markdown, write_report
@@ -389,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set data.root=data/aligned --set run.max_steps=500")
         p.set_defaults(handler=_train)
 
+    doctor = sub.add_parser("doctor", help="check this install: versions, device, video, face stack, models")
+    doctor.set_defaults(handler=_doctor)
     download = sub.add_parser("download", help="fetch official weights from the Hugging Face hub")
     download.add_argument("--model", required=True, choices=["1.5", "1.6"])
     download.add_argument("--dir", type=Path, help="target folder (default: where --model 1.5/1.6 looks)")
