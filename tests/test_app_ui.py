@@ -9,17 +9,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from media.clips import write_clip
 from media.faces import astronaut_frames
+from media.servers import free_port, serving
 from media.speech import speech, write_audio
 
 from latentsync.errors import LatentSyncError
@@ -43,39 +41,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app's base URL, served by a subprocess (gradio's uploads kept in a temporary folder)."""
     root = tmp_path_factory.mktemp("app")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio")}
-    log = (root / "app.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-c", APP, str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"the app exited:\n{(root / 'app.log').read_text()}"
-            assert time.monotonic() < deadline, f"the app did not start:\n{(root / 'app.log').read_text()}"
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+    with serving([sys.executable, "-c", APP, str(port)], url, root / "app.log", env=env, timeout=90):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from media.clips import write_clip
 from media.faces import astronaut_frames
+from media.servers import free_port, serving
 from media.speech import speech, write_audio
-from test_app_ui import CHROMIUM, CHROMIUM_ARGS, _free_port
+from test_app_ui import CHROMIUM, CHROMIUM_ARGS
 
 RATE = 16000
 STREAM_SECONDS = 2.0
@@ -40,29 +39,13 @@ def media(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(tiny_model, media) -> Iterator[str]:
-    port = _free_port()
-    log = (media["root"].parent / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from latentsync.cli import main; sys.exit(main())", "serve", "--model", str(tiny_model), "--live-avatar", str(media["avatar"]),
-         "--root", str(media["root"]), "--port", str(port), "--device", "cpu", "--dtype", "fp32"],
-        stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            text = (media["root"].parent / "serve.log").read_text()
-            assert proc.poll() is None, f"the service exited:\n{text}"
-            assert time.monotonic() < deadline, f"the service did not start:\n{text}"
-            try:
-                urllib.request.urlopen(url + "health", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+    command = [sys.executable, "-c", "import sys; from latentsync.cli import main; sys.exit(main())", "serve",
+               "--model", str(tiny_model), "--live-avatar", str(media["avatar"]), "--root", str(media["root"]),
+               "--port", str(port), "--device", "cpu", "--dtype", "fp32"]
+    with serving(command, url + "health", media["root"].parent / "serve.log"):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_the_microphone_streams_in_and_the_avatar_plays_back(server, media):
