@@ -25,6 +25,11 @@ OMP_NUM_THREADS=1 "$LS" train vae vae_small --set vae.config=small-f4 --set data
   --set data.filelist=train.txt --set data.val_filelist="$PWD/$DATA/held_out.txt" --set run.max_steps=4500 \
   --set optimizer.schedule=cosine --set run.output_dir="$RUNS/vae-f4-narrow"
 [ -d "$RUNS/vae-unet" ] || cp -r "$RUNS/vae-f4-narrow/vae" "$RUNS/vae-unet"
+# The decoder alone goes on (the encoder, hence the U-Net's latents, stays bit-identical): the shipped decoder.
+OMP_NUM_THREADS=1 "$LS" train vae vae_small --set vae.init_from="$RUNS/vae-unet" --set vae.train=decoder \
+  --set data.root="$DATA" --set data.filelist=train.txt --set data.val_filelist="$PWD/$DATA/held_out.txt" \
+  --set run.max_steps=1500 --set optimizer.lr=0.0002 --set optimizer.schedule=cosine \
+  --set run.output_dir="$RUNS/vae-dec"
 
 # The SyncNet (real training people only) and the U-Net (real + synthetic), one core each.
 OMP_NUM_THREADS=1 "$LS" train syncnet syncnet_real --set data.root="$DATA" --set data.filelist=train.txt \
