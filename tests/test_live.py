@@ -74,8 +74,8 @@ def test_a_whole_push_gives_the_offline_frames(pipeline, avatar, media, wav, mon
 
 
 def test_streamed_features_equal_the_offline_ones_across_windows(pipeline):
-    """45 s (three 30 s Whisper windows, two cross-fades) pushed in uneven pieces: once the stream has ended every
-    frame's tokens are the offline ones; while it streams, more lookahead brings them closer."""
+    """45 s (two 30 s Whisper windows and their cross-fade, as offline) pushed in uneven pieces: once the stream
+    has ended every frame's tokens are the offline ones; while it streams, more lookahead brings them closer."""
     encoder = pipeline.models.audio_encoder
     rng = np.random.default_rng(0)
     wav = (0.1 * rng.standard_normal(45 * RATE) * np.sin(np.arange(45 * RATE) / 900.0)).astype(np.float32)
