@@ -9,7 +9,6 @@ so scripts and CI can use it as a gate.
 from __future__ import annotations
 
 import platform
-import sys
 import traceback
 from dataclasses import dataclass
 from importlib import metadata
@@ -140,6 +139,6 @@ def doctor() -> int:
     for result in results:
         print(result.line())
     failed = [r for r in results if r.problem is not None and r.required]
-    print(f"\n{len(failed)} problem(s) to fix" if failed else "\nready: `latentsync run VIDEO AUDIO -o OUT --model demo`",
-          file=sys.stdout)
+    ready = "ready: `latentsync run VIDEO AUDIO -o OUT --model demo`"
+    print(f"\n{len(failed)} problem(s) to fix" if failed else f"\n{ready}")
     return 1 if failed else 0

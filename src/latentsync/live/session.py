@@ -28,6 +28,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -146,7 +147,7 @@ class LiveSession:
                 self._changed.wait(left)
             return self._out.popleft()
 
-    def frames(self):
+    def frames(self) -> Iterator[LiveFrame]:
         """Iterate frames until the stream is over."""
         while (frame := self.get()) is not None:
             yield frame
