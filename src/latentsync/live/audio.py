@@ -74,7 +74,8 @@ class StreamingFeatures:
         self.lookahead_frames = lookahead_frames
         self.received = 0  # samples pushed in all
         self.ended = False
-        self._audio = np.zeros(0, dtype=np.float32)  # samples origin .. received
+        self._audio = np.zeros(0, dtype=np.float32)  # samples origin .. received, but for the pieces below
+        self._pieces: list[np.ndarray] = []  # pushed since `_audio` was last joined: a push only appends
         self._origin = 0
         self._log_max = -math.inf  # over the mel frames counted so far
         self._counted = 0  # mel frames whose power is in _log_max
@@ -85,10 +86,9 @@ class StreamingFeatures:
         with self._lock:
             if self.ended:
                 raise AudioError("audio pushed after the end of the stream")
-            self._audio = np.concatenate([self._audio, samples])
+            self._pieces.append(samples)
             self.received += len(samples)
             self.ended = final
-            self._count_max()
 
     def end(self) -> None:
         """No more audio: the last frames get their features from what is there, as offline."""
@@ -117,7 +117,8 @@ class StreamingFeatures:
         if stop > self.ready():
             raise ValueError(f"frames up to {stop - 1} are not ready")
         with self._lock:
-            snap = _Snapshot(self._audio, self._origin, self.received, self.ended, self._log_max)
+            self._count_max()
+            snap = _Snapshot(self._joined(), self._origin, self.received, self.ended, self._log_max)
         total = snap.received // HOP_LENGTH // 2  # encoder steps of the audio so far
         if total == 0:
             raise AudioError("audio too short for Whisper features: need at least 20 ms")
@@ -130,14 +131,15 @@ class StreamingFeatures:
         return tokens.to(self.dtype)
 
     def _count_max(self) -> None:
-        """Fold the mel frames that are now final into the running max (all of them once the stream ended)."""
+        """Fold the mel frames that are now final into the running max (all of them once the stream ended). Run
+        when features are taken, so it covers everything received by then."""
         n_frames = self.received // HOP_LENGTH
         final = n_frames if self.ended else min(n_frames, max(0, (self.received - REACH) // HOP_LENGTH + 1))
         if final <= self._counted:
             return
         start = max(0, self._counted - 2) * HOP_LENGTH  # 2 frames back: their reach covers frame `_counted`
         end = self.received if self.ended else min(self.received, final * HOP_LENGTH + REACH)
-        power = log_mel_power(_Snapshot(self._audio, self._origin).slice(start, end))
+        power = log_mel_power(_Snapshot(self._joined(), self._origin).slice(start, end))
         first = self._counted - start // HOP_LENGTH
         part = power[:, first : first + final - self._counted]
         if part.numel():
@@ -187,14 +189,21 @@ class StreamingFeatures:
         k = max(0, (step - WINDOW_STEPS) // STRIDE_STEPS + 1)  # the first window that covers `step`
         keep = min(max(0, 2 * k * STRIDE_STEPS - 2) * HOP_LENGTH, max(0, self._counted - 2) * HOP_LENGTH)
         if keep > self._origin:
-            self._audio = self._audio[keep - self._origin :]
+            self._audio = self._joined()[keep - self._origin :]
             self._origin = keep
+
+    def _joined(self) -> np.ndarray:
+        """The audio kept, pieces included: joined once per chunk, not copied on every push."""
+        if self._pieces:
+            self._audio = np.concatenate([self._audio, *self._pieces])
+            self._pieces = []
+        return self._audio
 
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """The stream's state at one moment. Pushes replace the audio array rather than grow it in place, so a
-    snapshot's array stays valid while the encoder reads it."""
+    """The stream's state at one moment. Joining and trimming replace the audio array rather than change it in
+    place, so a snapshot's array stays valid while the encoder reads it."""
 
     audio: np.ndarray
     origin: int  # sample index of audio[0]
